@@ -1,0 +1,64 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "StableVerbs",
+    products: [
+        // libstableverbs.so: LD_PRELOAD it, or link it (-lstableverbs) with include/stableverbs.h.
+        // Build it self-contained with: swift build -c release -Xswiftc -static-stdlib --product stableverbs
+        .library(name: "stableverbs", type: .dynamic, targets: ["StableVerbs"]),
+        // The Swift module, for Swift programs that link the shim directly.
+        .library(name: "StableVerbs", targets: ["StableVerbs"]),
+        .executable(name: "stableverbs", targets: ["stableverbs"]),
+        .executable(name: "stableverbs-lab", targets: ["stableverbs-lab"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+    ],
+    targets: [
+        // rdma-core 44's headers and libraries (Debian: libibverbs-dev, librdmacm-dev).
+        .systemLibrary(name: "CVerbs", path: "Sources/CVerbs"),
+        // C: virtual object layouts, the lower interface and its dlvsym table, start-up.
+        .target(
+            name: "StableVerbsABI",
+            dependencies: ["CVerbs"],
+            path: "Sources/StableVerbsABI"
+        ),
+        // The public C API header (include/stableverbs.h).
+        .target(
+            name: "CStableVerbs",
+            dependencies: ["CVerbs"],
+            path: ".",
+            sources: ["Sources/CStableVerbs"],
+            publicHeadersPath: "include"
+        ),
+        // The software HCA test double behind the lower interface.
+        .target(
+            name: "SoftHCA",
+            dependencies: ["CVerbs", "StableVerbsABI"]
+        ),
+        // The Swift core and the exported verbs.
+        .target(
+            name: "StableVerbs",
+            dependencies: ["CVerbs", "StableVerbsABI", "CStableVerbs", "SoftHCA"]
+        ),
+        .executableTarget(
+            name: "stableverbs",
+            dependencies: [
+                "StableVerbs",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "stableverbs-lab",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ]
+        ),
+        .testTarget(name: "SoftHCATests", dependencies: ["SoftHCA", "CVerbs", "StableVerbsABI"]),
+        .testTarget(name: "StableVerbsTests", dependencies: ["StableVerbs", "CVerbs", "StableVerbsABI"]),
+        .testTarget(name: "LabTests", dependencies: []),
+    ]
+)

@@ -1,0 +1,223 @@
+/*
+ * Virtual verbs objects, laid out as rdma-core 44's inline code reads them.
+ *
+ * Every virtual object starts with the public rdma-core structure the application holds a pointer
+ * to, so the object's shim state is reached in O(1) by a cast (by container_of for the context,
+ * whose ibv_context is the *last* member of its verbs_context). Private state follows the public
+ * structure, never inside it. The fields named `real` point at the current real object (real
+ * libibverbs or the software HCA); a rebuild swaps them, the application's pointers never change.
+ *
+ * `core` is an unretained pointer to the Swift object that owns this virtual object (its journal
+ * entry and handle-table record); the fast path never touches it.
+ */
+#ifndef SV_OBJECTS_H
+#define SV_OBJECTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdatomic.h>
+#include <infiniband/verbs.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * Identity maps: 32-bit key -> 32-bit value, read lock-free on the fast path, written under the
+ * owner's lock on the control path. `moved` counts entries whose value differs from their key: while
+ * it is zero the map is the identity and the fast path may skip the lookup (the lookup still runs
+ * through the map the moment any entry moves). The table layout is private to
+ * Sources/StableVerbs/Identity (IdentityMap.swift); retired tables are freed when the map is.
+ * ------------------------------------------------------------------------------------------- */
+struct sv_idmap {
+	_Atomic(void *) table;     /* current table, published with release, read with acquire */
+	_Atomic(uint32_t) moved;   /* live entries with value != key */
+	uint32_t reserved;
+	void *retired;             /* tables replaced by a resize, freed with the map */
+};
+
+static inline void *sv_idmap_table(const struct sv_idmap *m)
+{
+	return atomic_load_explicit((_Atomic(void *) *)&m->table, memory_order_acquire);
+}
+static inline void sv_idmap_publish(struct sv_idmap *m, void *t)
+{
+	atomic_store_explicit(&m->table, t, memory_order_release);
+}
+static inline uint32_t sv_idmap_moved(const struct sv_idmap *m)
+{
+	return atomic_load_explicit((_Atomic(uint32_t) *)&m->moved, memory_order_relaxed);
+}
+static inline void sv_idmap_set_moved(struct sv_idmap *m, uint32_t v)
+{
+	atomic_store_explicit(&m->moved, v, memory_order_release);
+}
+/* 64-bit slot access for the table implementation (relaxed loads; publication orders them). */
+static inline uint64_t sv_load_u64(const uint64_t *p)
+{
+	return atomic_load_explicit((_Atomic(uint64_t) *)p, memory_order_acquire);
+}
+static inline void sv_store_u64(uint64_t *p, uint64_t v)
+{
+	atomic_store_explicit((_Atomic(uint64_t) *)p, v, memory_order_release);
+}
+static inline uint32_t sv_load_u32(const uint32_t *p)
+{
+	return atomic_load_explicit((_Atomic(uint32_t) *)p, memory_order_acquire);
+}
+static inline void sv_store_u32(uint32_t *p, uint32_t v)
+{
+	atomic_store_explicit((_Atomic(uint32_t) *)p, v, memory_order_release);
+}
+static inline void *sv_load_ptr(void *const *p)
+{
+	return atomic_load_explicit((_Atomic(void *) *)p, memory_order_acquire);
+}
+static inline void sv_store_ptr(void **p, void *v)
+{
+	atomic_store_explicit((_Atomic(void *) *)p, v, memory_order_release);
+}
+
+/* The identities of one side of a connection that a peer must translate: its virtual rkeys and
+ * QPNs to their current real values. A context carries its own; a QP points at the one of the
+ * context that owns its remote end (NULL: unknown, identity). */
+struct sv_peer_ids {
+	struct sv_idmap rkeys;     /* virtual rkey -> real rkey */
+	struct sv_idmap qpns;      /* virtual QPN  -> real QPN */
+};
+
+/* Per-context data-path state (sv_context.state). Anything but LIVE sends the op to its slow path. */
+enum sv_ctx_state {
+	SV_CTX_LIVE = 0,
+	SV_CTX_QUIESCING = 1,
+	SV_CTX_RELEASED = 2,
+	SV_CTX_REBUILDING = 3,
+	SV_CTX_RECONNECTING = 4,
+	SV_CTX_PASSTHROUGH = 5,
+};
+
+#define SV_MAGIC_DEVICE  0x5356444556494345ull /* "SVDEVICE" */
+
+struct sv_device {
+	struct ibv_device dev;     /* a copy the application may read; _ops zeroed */
+	uint64_t magic;
+	struct ibv_device *real;   /* current real device, NULL while absent */
+	void *core;
+};
+
+struct sv_context {
+	struct verbs_context vctx; /* MUST be first; its ibv_context is its last member */
+	struct ibv_context *real;
+	struct verbs_context *real_vctx; /* verbs_get_ctx(real) */
+	struct sv_device *device;
+	_Atomic(uint32_t) state;   /* enum sv_ctx_state */
+	uint32_t generation;       /* bumped by every rebuild */
+	struct sv_idmap lkeys;     /* virtual lkey -> real lkey */
+	struct sv_idmap qpn_up;    /* real QPN -> virtual QPN (completions, events) */
+	struct sv_idmap lid_up;    /* real LID -> virtual LID (wc.slid) */
+	struct sv_idmap lid_down;  /* virtual LID -> real LID (modify_qp, AH attributes) */
+	struct sv_peer_ids ids;    /* this context's own rkeys/QPNs, for local peers */
+	void *core;
+};
+
+struct sv_pd {
+	struct ibv_pd pd;
+	struct ibv_pd *real;
+	struct sv_context *ctx;
+	void *core;
+};
+
+struct sv_mr {
+	struct ibv_mr mr;          /* lkey/rkey are the virtual values */
+	struct ibv_mr *real;
+	struct sv_context *ctx;
+	void *core;
+};
+
+struct sv_comp_channel {
+	struct ibv_comp_channel channel; /* fd: the real channel's fd number, kept across rebuilds */
+	struct ibv_comp_channel *real;
+	struct sv_context *ctx;
+	void *core;
+};
+
+struct sv_cq {
+	struct ibv_cq_ex cq;       /* ibv_cq is a prefix of ibv_cq_ex */
+	struct ibv_cq *real;
+	struct ibv_cq_ex *real_ex; /* set when created through create_cq_ex */
+	struct sv_context *ctx;
+	void *core;
+};
+
+struct sv_srq {
+	struct ibv_srq srq;
+	struct ibv_srq *real;
+	struct sv_context *ctx;
+	void *core;
+};
+
+struct sv_ah {
+	struct ibv_ah ah;
+	struct ibv_ah *real;
+	struct sv_context *ctx;
+	struct sv_peer_ids *peer;  /* whose QPNs a UD send through this AH names (NULL: identity) */
+	void *core;
+};
+
+struct sv_qp {
+	struct ibv_qp_ex qpx;      /* ibv_qp is its first member: qp_num is the virtual QPN */
+	struct ibv_qp *real;
+	struct ibv_qp_ex *real_qpx; /* set once ibv_qp_to_qp_ex succeeded on the real QP */
+	struct sv_context *ctx;
+	struct sv_peer_ids *peer;  /* remote end's identities for RC/UC (NULL: identity) */
+	uint32_t real_qpn;
+	uint32_t reserved;
+	void *core;
+};
+
+static inline struct sv_context *sv_context_of(struct ibv_context *c)
+{
+	return (struct sv_context *)((char *)c - offsetof(struct sv_context, vctx.context));
+}
+static inline struct ibv_context *sv_context_public(struct sv_context *c)
+{
+	return &c->vctx.context;
+}
+static inline struct sv_qp *sv_qp_of(struct ibv_qp *q) { return (struct sv_qp *)q; }
+static inline struct sv_qp *sv_qp_of_ex(struct ibv_qp_ex *q) { return (struct sv_qp *)q; }
+static inline struct sv_cq *sv_cq_of(struct ibv_cq *c) { return (struct sv_cq *)c; }
+static inline struct sv_cq *sv_cq_of_ex(struct ibv_cq_ex *c) { return (struct sv_cq *)c; }
+static inline struct sv_srq *sv_srq_of(struct ibv_srq *s) { return (struct sv_srq *)s; }
+static inline struct sv_pd *sv_pd_of(struct ibv_pd *p) { return (struct sv_pd *)p; }
+static inline struct sv_mr *sv_mr_of(struct ibv_mr *m) { return (struct sv_mr *)m; }
+static inline struct sv_ah *sv_ah_of(struct ibv_ah *a) { return (struct sv_ah *)a; }
+static inline struct sv_comp_channel *sv_channel_of(struct ibv_comp_channel *c)
+{
+	return (struct sv_comp_channel *)c;
+}
+
+static inline uint32_t sv_ctx_state(const struct sv_context *c)
+{
+	return atomic_load_explicit((_Atomic(uint32_t) *)&c->state, memory_order_acquire);
+}
+static inline void sv_ctx_set_state(struct sv_context *c, uint32_t s)
+{
+	atomic_store_explicit(&c->state, s, memory_order_release);
+}
+
+/* Fills the verbs_context header of a fresh virtual context: sz, abi_compat = extended marker,
+ * and the ibv_context fields copied from the real one (async_fd, num_comp_vectors, cmd_fd). */
+void sv_context_init_header(struct sv_context *c, struct ibv_context *real, struct ibv_device *vdev);
+
+/* Whether `c` is one of the shim's virtual contexts (its ops carry the shim's post_send), as
+ * opposed to a real object a provider passes back into a public verb. Set by the Swift core. */
+extern void *sv_shim_post_send_op;
+static inline int sv_is_virtual_context(struct ibv_context *c)
+{
+	return c && (void *)c->ops.post_send == sv_shim_post_send_op && sv_shim_post_send_op;
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SV_OBJECTS_H */

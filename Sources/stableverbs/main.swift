@@ -1,0 +1,2 @@
+import StableVerbs
+print("stableverbs")
