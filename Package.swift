@@ -9,7 +9,6 @@ let package = Package(
         .library(name: "stableverbs", type: .dynamic, targets: ["StableVerbs"]),
         // The Swift module, for Swift programs that link the shim directly.
         .library(name: "StableVerbs", targets: ["StableVerbs"]),
-        .executable(name: "stableverbs", targets: ["stableverbs"]),
         .executable(name: "stableverbs-lab", targets: ["stableverbs-lab"]),
     ],
     dependencies: [
@@ -42,13 +41,6 @@ let package = Package(
         .target(
             name: "StableVerbs",
             dependencies: ["CVerbs", "StableVerbsABI", "CStableVerbs", "SoftHCA"]
-        ),
-        .executableTarget(
-            name: "stableverbs",
-            dependencies: [
-                "StableVerbs",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]
         ),
         .executableTarget(
             name: "stableverbs-lab",

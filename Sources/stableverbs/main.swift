@@ -1,2 +1,0 @@
-import StableVerbs
-print("stableverbs")
