@@ -42,15 +42,21 @@ let package = Package(
             name: "StableVerbs",
             dependencies: ["CVerbs", "StableVerbsABI", "CStableVerbs", "SoftHCA"]
         ),
+        // The lab: QEMU guests with rdma_rxe (Lab/ holds the guest-side scripts).
+        .target(
+            name: "LabKit",
+            dependencies: [.product(name: "Subprocess", package: "swift-subprocess")]
+        ),
         .executableTarget(
             name: "stableverbs-lab",
             dependencies: [
+                "LabKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ]
         ),
         .testTarget(name: "SoftHCATests", dependencies: ["SoftHCA", "CVerbs", "StableVerbsABI"]),
         .testTarget(name: "StableVerbsTests", dependencies: ["StableVerbs", "CVerbs", "StableVerbsABI"]),
-        .testTarget(name: "LabTests", dependencies: []),
+        .testTarget(name: "LabTests", dependencies: ["LabKit"]),
     ]
 )

@@ -4,4 +4,5 @@
 #include "sv_lower.h"
 #include "sv_objects.h"
 #include "sv_startup.h"
+#include "sv_control.h"
 #endif

@@ -1,0 +1,91 @@
+// Legacy completion ops: ibv_poll_cq / ibv_req_notify_cq through context->ops.
+//
+// poll_cq fast path (context LIVE, qpn_up and lid_up are the identity): tail call into the real
+// provider. Otherwise the real CQ is polled and the returned entries are translated in place (the
+// wc array is the application's output buffer): qp_num and src_qp real -> virtual through qpn_up,
+// slid through lid_up.
+
+import CVerbs
+import StableVerbsABI
+
+@_cdecl("sv_op_poll_cq")
+@inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
+public func svOpPollCQ(_ cq: UnsafeMutablePointer<ibv_cq>?, _ ne: Int32, _ wc: UnsafeMutablePointer<ibv_wc>?) -> Int32 {
+    let c = svCQ(cq)
+    let ctx = c.pointee.ctx.unsafelyUnwrapped
+    if svCtxState(ctx) | svMoved(svQpnUp(ctx)) | svMoved(svLidUp(ctx)) != 0 {
+        return svPollCQSlow(c, ne, wc)
+    }
+    let real = c.pointee.real.unsafelyUnwrapped
+    return real.pointee.context.unsafelyUnwrapped.pointee.ops.poll_cq.unsafelyUnwrapped(real, ne, wc)
+}
+
+@inline(never)
+func svPollCQSlow(_ c: UnsafeMutablePointer<sv_cq>, _ ne: Int32, _ wc: UnsafeMutablePointer<ibv_wc>?) -> Int32 {
+    if svCtxState(c.pointee.ctx.unsafelyUnwrapped) != SV_CTX_LIVE.rawValue {
+        return svPollCQNotLive(c, ne, wc)
+    }
+    return svPollCQTranslated(c, ne, wc)
+}
+
+/// COLD SLOW PATH: the context is not LIVE. For now the current real CQ is polled (and translated);
+/// the recovery issue will serve completions from its own queue here.
+@inline(never)
+func svPollCQNotLive(_ c: UnsafeMutablePointer<sv_cq>, _ ne: Int32, _ wc: UnsafeMutablePointer<ibv_wc>?) -> Int32 {
+    return svPollCQTranslated(c, ne, wc)
+}
+
+@inline(never)
+func svPollCQTranslated(_ c: UnsafeMutablePointer<sv_cq>, _ ne: Int32, _ wc: UnsafeMutablePointer<ibv_wc>?) -> Int32 {
+    let real = c.pointee.real.unsafelyUnwrapped
+    let n = real.pointee.context.unsafelyUnwrapped.pointee.ops.poll_cq.unsafelyUnwrapped(real, ne, wc)
+    if n <= 0 { return n }
+    svTranslateCompletions(c.pointee.ctx.unsafelyUnwrapped, wc.unsafelyUnwrapped, Int(n))
+    return n
+}
+
+/// Real -> virtual identities in `count` work completions, in place. Public for the recovery engine
+/// (completions it serves from its own queue).
+public func svTranslateCompletions(_ ctx: UnsafeMutablePointer<sv_context>, _ wc: UnsafeMutablePointer<ibv_wc>, _ count: Int) {
+    let qpnUp = svQpnUp(ctx)
+    let lidUp = svLidUp(ctx)
+    if svMoved(qpnUp) != 0 {
+        for i in 0..<count {
+            let e = wc + i
+            e.pointee.qp_num = IdentityMap.translateMoved(qpnUp, e.pointee.qp_num)
+            e.pointee.src_qp = IdentityMap.translateMoved(qpnUp, e.pointee.src_qp)
+        }
+    }
+    if svMoved(lidUp) != 0 {
+        for i in 0..<count {
+            let e = wc + i
+            e.pointee.slid = UInt16(truncatingIfNeeded: IdentityMap.translateMoved(lidUp, UInt32(e.pointee.slid)))
+        }
+    }
+}
+
+@_cdecl("sv_op_req_notify_cq")
+@inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
+public func svOpReqNotifyCQ(_ cq: UnsafeMutablePointer<ibv_cq>?, _ solicitedOnly: Int32) -> Int32 {
+    let c = svCQ(cq)
+    if svCtxState(c.pointee.ctx.unsafelyUnwrapped) != SV_CTX_LIVE.rawValue {
+        return svReqNotifyCQNotLive(c, solicitedOnly)
+    }
+    let real = c.pointee.real.unsafelyUnwrapped
+    return real.pointee.context.unsafelyUnwrapped.pointee.ops.req_notify_cq.unsafelyUnwrapped(real, solicitedOnly)
+}
+
+/// COLD SLOW PATH: the context is not LIVE. For now forwarded to the current real CQ; the recovery
+/// issue will remember the request and re-arm the rebuilt CQ here.
+@inline(never)
+func svReqNotifyCQNotLive(_ c: UnsafeMutablePointer<sv_cq>, _ solicitedOnly: Int32) -> Int32 {
+    let real = c.pointee.real.unsafelyUnwrapped
+    return real.pointee.context.unsafelyUnwrapped.pointee.ops.req_notify_cq.unsafelyUnwrapped(real, solicitedOnly)
+}
+
+// MARK: - Installation
+
+func svInstallPollOps(_ context: UnsafeMutablePointer<sv_context>) {
+    context.pointee.vctx.context.ops.poll_cq = svOpPollCQ
+    context.pointee.vctx.context.ops.req_notify_cq = svOpReqNotifyCQ
+}

@@ -1,0 +1,340 @@
+// Legacy post ops: ibv_post_send / ibv_post_recv / ibv_post_srq_recv land here through
+// context->ops of the virtual context.
+//
+// Fast path (context LIVE, no key of interest has moved, not UD): forward the application's own WR
+// list to the real provider — a few loads, one test and a tail call.
+// Translated path: the application's WR list is const for us, so it is copied in bounded chunks
+// into stack buffers (`wrChunk` WRs and `sgeChunk` SGEs per chunk: no heap, no TLS), translated,
+// and posted chunk by chunk. On failure *bad_wr is mapped back to the application's WR at the same
+// index; WRs before it stay posted, as natively.
+
+import CVerbs
+import Glibc
+import StableVerbsABI
+
+/// Chunk budgets. Each stack buffer is kept at or under 1024 bytes so that
+/// withUnsafeTemporaryAllocation always takes the stack (larger sizes consult the runtime and may
+/// fall back to the heap). One WR may use up to `sgeChunk` SGEs (rxe's device max is 32, mlx5's 30);
+/// a WR with more is refused with EINVAL + bad_wr.
+@inline(__always) var svSendWRChunk: Int { 8 }      // 8 × 128 B ibv_send_wr
+@inline(__always) var svRecvWRChunk: Int { 16 }     // 16 × 32 B ibv_recv_wr
+@inline(__always) var svSGEChunk: Int { 64 }        // 64 × 16 B ibv_sge
+
+// MARK: - post_send
+
+@_cdecl("sv_op_post_send")
+@inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
+public func svOpPostSend(
+    _ qp: UnsafeMutablePointer<ibv_qp>?, _ wr: UnsafeMutablePointer<ibv_send_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
+) -> Int32 {
+    let q = svQP(qp)
+    let ctx = q.pointee.ctx.unsafelyUnwrapped
+    var gate = svCtxState(ctx) | svMoved(svLkeys(ctx))
+    if let peer = q.pointee.peer { gate |= svMoved(svRkeys(peer)) }
+    if gate != 0 || q.pointee.qpx.qp_base.qp_type.rawValue == IBV_QPT_UD.rawValue {
+        return svPostSendSlow(q, wr, bad)
+    }
+    let real = q.pointee.real.unsafelyUnwrapped
+    return real.pointee.context.unsafelyUnwrapped.pointee.ops.post_send.unsafelyUnwrapped(real, wr, bad)
+}
+
+@inline(never)
+func svPostSendSlow(
+    _ q: UnsafeMutablePointer<sv_qp>, _ wr: UnsafeMutablePointer<ibv_send_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
+) -> Int32 {
+    if svCtxState(q.pointee.ctx.unsafelyUnwrapped) != SV_CTX_LIVE.rawValue {
+        return svPostSendNotLive(q, wr, bad)
+    }
+    return svPostSendTranslated(q, wr, bad)
+}
+
+/// COLD SLOW PATH: the context is not LIVE (quiescing, released, rebuilding, reconnecting,
+/// passthrough). For now the post is forwarded (translated) to the current real QP; the recovery
+/// issue will buffer it here instead.
+@inline(never)
+func svPostSendNotLive(
+    _ q: UnsafeMutablePointer<sv_qp>, _ wr: UnsafeMutablePointer<ibv_send_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
+) -> Int32 {
+    return svPostSendTranslated(q, wr, bad)
+}
+
+/// Copies, translates and posts the application's send WRs chunk by chunk.
+@inline(never)
+func svPostSendTranslated(
+    _ q: UnsafeMutablePointer<sv_qp>, _ wr: UnsafeMutablePointer<ibv_send_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
+) -> Int32 {
+    let ctx = q.pointee.ctx.unsafelyUnwrapped
+    let real = q.pointee.real.unsafelyUnwrapped
+    let post = real.pointee.context.unsafelyUnwrapped.pointee.ops.post_send.unsafelyUnwrapped
+    let lkeys = svLkeys(ctx)
+    let peer = q.pointee.peer
+    let isUD = q.pointee.qpx.qp_base.qp_type.rawValue == IBV_QPT_UD.rawValue
+    let inlineFlag = IBV_SEND_INLINE.rawValue
+
+    return withUnsafeTemporaryAllocation(of: ibv_send_wr.self, capacity: svSendWRChunk) { (wrBuf: UnsafeMutableBufferPointer<ibv_send_wr>) throws(Never) -> Int32 in
+        withUnsafeTemporaryAllocation(of: ibv_sge.self, capacity: svSGEChunk) { (sgeBuf: UnsafeMutableBufferPointer<ibv_sge>) throws(Never) -> Int32 in
+            let wrs = wrBuf.baseAddress.unsafelyUnwrapped
+            let sges = sgeBuf.baseAddress.unsafelyUnwrapped
+            var count = 0            // WRs in the current chunk
+            var sgeCount = 0         // SGEs used in the current chunk
+            var chunkHead = wr       // the application's WR at index 0 of the current chunk
+            var next = wr
+
+            while let w = next {
+                let numSGE = Int(w.pointee.num_sge)
+                let isInline = w.pointee.send_flags & inlineFlag != 0
+                // Inline data is copied by the provider from the addresses: lkeys are not used,
+                // the application's SGE array is passed as is.
+                let needed = isInline || numSGE <= 0 ? 0 : numSGE
+                if needed > svSGEChunk || numSGE < 0 {
+                    if count > 0 {
+                        let rc = svFlushSend(post, real, wrs, count, chunkHead, bad)
+                        if rc != 0 { return rc }
+                    }
+                    bad?.pointee = w
+                    return EINVAL
+                }
+                if count == svSendWRChunk || sgeCount + needed > svSGEChunk {
+                    let rc = svFlushSend(post, real, wrs, count, chunkHead, bad)
+                    if rc != 0 { return rc }
+                    count = 0
+                    sgeCount = 0
+                    chunkHead = w
+                }
+
+                let d = wrs + count
+                d.initialize(to: w.pointee)
+                d.pointee.next = nil
+                if count > 0 { (d - 1).pointee.next = d }
+                if needed > 0 {
+                    let src = w.pointee.sg_list.unsafelyUnwrapped
+                    let dst = sges + sgeCount
+                    for k in 0..<needed {
+                        let s = src[k]
+                        (dst + k).initialize(
+                            to: ibv_sge(addr: s.addr, length: s.length, lkey: IdentityMap.translate(lkeys, s.lkey)))
+                    }
+                    d.pointee.sg_list = dst
+                    sgeCount += needed
+                }
+                let opcode = w.pointee.opcode.rawValue
+                if opcode == IBV_WR_RDMA_WRITE.rawValue || opcode == IBV_WR_RDMA_WRITE_WITH_IMM.rawValue
+                    || opcode == IBV_WR_RDMA_READ.rawValue || opcode == IBV_WR_ATOMIC_WRITE.rawValue
+                {
+                    if let peer { d.pointee.wr.rdma.rkey = svTranslate(svRkeys(peer), d.pointee.wr.rdma.rkey) }
+                } else if opcode == IBV_WR_ATOMIC_CMP_AND_SWP.rawValue || opcode == IBV_WR_ATOMIC_FETCH_AND_ADD.rawValue {
+                    if let peer {
+                        d.pointee.wr.atomic.rkey = svTranslate(svRkeys(peer), d.pointee.wr.atomic.rkey)
+                    }
+                } else if opcode == IBV_WR_SEND_WITH_INV.rawValue {
+                    if let peer {
+                        d.pointee.invalidate_rkey = svTranslate(svRkeys(peer), d.pointee.invalidate_rkey)
+                    }
+                } else if opcode == IBV_WR_LOCAL_INV.rawValue {
+                    d.pointee.invalidate_rkey = svTranslate(svOwnRkeys(ctx), d.pointee.invalidate_rkey)
+                }
+                if isUD {
+                    let vah = d.pointee.wr.ud.ah
+                    d.pointee.wr.ud.remote_qpn = svRemoteQPN(vah, d.pointee.wr.ud.remote_qpn)
+                    d.pointee.wr.ud.ah = svRealAH(vah)
+                }
+                count += 1
+                next = w.pointee.next
+            }
+            if count == 0 {
+                // An empty list: let the provider answer as it does natively.
+                return post(real, nil, bad)
+            }
+            return svFlushSend(post, real, wrs, count, chunkHead, bad)
+        }
+    }
+}
+
+/// Posts one translated chunk; on failure maps the provider's bad_wr (an index into the chunk) back
+/// to the application's WR at the same index.
+@inline(__always)
+func svFlushSend(
+    _ post: @convention(c) (
+        UnsafeMutablePointer<ibv_qp>?, UnsafeMutablePointer<ibv_send_wr>?,
+        UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
+    ) -> Int32,
+    _ real: UnsafeMutablePointer<ibv_qp>, _ wrs: UnsafeMutablePointer<ibv_send_wr>, _ count: Int,
+    _ chunkHead: UnsafeMutablePointer<ibv_send_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
+) -> Int32 {
+    var realBad: UnsafeMutablePointer<ibv_send_wr>? = nil
+    let rc = post(real, wrs, &realBad)
+    if rc == 0 { return 0 }
+    var index = 0
+    if let rb = realBad, rb >= wrs, rb < wrs + count { index = rb - wrs }
+    var app = chunkHead
+    while index > 0, let a = app { app = a.pointee.next; index -= 1 }
+    bad?.pointee = app
+    return rc
+}
+
+// MARK: - post_recv / post_srq_recv
+
+@_cdecl("sv_op_post_recv")
+@inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
+public func svOpPostRecv(
+    _ qp: UnsafeMutablePointer<ibv_qp>?, _ wr: UnsafeMutablePointer<ibv_recv_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
+) -> Int32 {
+    let q = svQP(qp)
+    let ctx = q.pointee.ctx.unsafelyUnwrapped
+    if svCtxState(ctx) | svMoved(svLkeys(ctx)) != 0 {
+        return svPostRecvSlow(UnsafeMutableRawPointer(q), false, wr, bad)
+    }
+    let real = q.pointee.real.unsafelyUnwrapped
+    return real.pointee.context.unsafelyUnwrapped.pointee.ops.post_recv.unsafelyUnwrapped(real, wr, bad)
+}
+
+@_cdecl("sv_op_post_srq_recv")
+@inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
+public func svOpPostSRQRecv(
+    _ srq: UnsafeMutablePointer<ibv_srq>?, _ wr: UnsafeMutablePointer<ibv_recv_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
+) -> Int32 {
+    let s = svSRQ(srq)
+    let ctx = s.pointee.ctx.unsafelyUnwrapped
+    if svCtxState(ctx) | svMoved(svLkeys(ctx)) != 0 {
+        return svPostRecvSlow(UnsafeMutableRawPointer(s), true, wr, bad)
+    }
+    let real = s.pointee.real.unsafelyUnwrapped
+    return real.pointee.context.unsafelyUnwrapped.pointee.ops.post_srq_recv.unsafelyUnwrapped(real, wr, bad)
+}
+
+/// `object` is an sv_qp (isSRQ == false) or an sv_srq.
+@inline(never)
+func svPostRecvSlow(
+    _ object: UnsafeMutableRawPointer, _ isSRQ: Bool, _ wr: UnsafeMutablePointer<ibv_recv_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
+) -> Int32 {
+    let ctx = isSRQ
+        ? object.assumingMemoryBound(to: sv_srq.self).pointee.ctx.unsafelyUnwrapped
+        : object.assumingMemoryBound(to: sv_qp.self).pointee.ctx.unsafelyUnwrapped
+    if svCtxState(ctx) != SV_CTX_LIVE.rawValue {
+        return svPostRecvNotLive(object, isSRQ, wr, bad)
+    }
+    return svPostRecvTranslated(object, isSRQ, wr, bad)
+}
+
+/// COLD SLOW PATH: the context is not LIVE. For now the receives are forwarded (translated) to the
+/// current real QP/SRQ; the recovery issue will buffer them here instead.
+@inline(never)
+func svPostRecvNotLive(
+    _ object: UnsafeMutableRawPointer, _ isSRQ: Bool, _ wr: UnsafeMutablePointer<ibv_recv_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
+) -> Int32 {
+    return svPostRecvTranslated(object, isSRQ, wr, bad)
+}
+
+@inline(never)
+func svPostRecvTranslated(
+    _ object: UnsafeMutableRawPointer, _ isSRQ: Bool, _ wr: UnsafeMutablePointer<ibv_recv_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
+) -> Int32 {
+    let ctx = isSRQ
+        ? object.assumingMemoryBound(to: sv_srq.self).pointee.ctx.unsafelyUnwrapped
+        : object.assumingMemoryBound(to: sv_qp.self).pointee.ctx.unsafelyUnwrapped
+    let lkeys = svLkeys(ctx)
+    return withUnsafeTemporaryAllocation(of: ibv_recv_wr.self, capacity: svRecvWRChunk) { (wrBuf: UnsafeMutableBufferPointer<ibv_recv_wr>) throws(Never) -> Int32 in
+        withUnsafeTemporaryAllocation(of: ibv_sge.self, capacity: svSGEChunk) { (sgeBuf: UnsafeMutableBufferPointer<ibv_sge>) throws(Never) -> Int32 in
+            let wrs = wrBuf.baseAddress.unsafelyUnwrapped
+            let sges = sgeBuf.baseAddress.unsafelyUnwrapped
+            var count = 0
+            var sgeCount = 0
+            var chunkHead = wr
+            var next = wr
+            while let w = next {
+                let numSGE = Int(w.pointee.num_sge)
+                let needed = numSGE <= 0 ? 0 : numSGE
+                if needed > svSGEChunk || numSGE < 0 {
+                    if count > 0 {
+                        let rc = svFlushRecv(object, isSRQ, wrs, count, chunkHead, bad)
+                        if rc != 0 { return rc }
+                    }
+                    bad?.pointee = w
+                    return EINVAL
+                }
+                if count == svRecvWRChunk || sgeCount + needed > svSGEChunk {
+                    let rc = svFlushRecv(object, isSRQ, wrs, count, chunkHead, bad)
+                    if rc != 0 { return rc }
+                    count = 0
+                    sgeCount = 0
+                    chunkHead = w
+                }
+                let d = wrs + count
+                d.initialize(to: w.pointee)
+                d.pointee.next = nil
+                if count > 0 { (d - 1).pointee.next = d }
+                if needed > 0 {
+                    let src = w.pointee.sg_list.unsafelyUnwrapped
+                    let dst = sges + sgeCount
+                    for k in 0..<needed {
+                        let s = src[k]
+                        (dst + k).initialize(
+                            to: ibv_sge(addr: s.addr, length: s.length, lkey: IdentityMap.translate(lkeys, s.lkey)))
+                    }
+                    d.pointee.sg_list = dst
+                    sgeCount += needed
+                }
+                count += 1
+                next = w.pointee.next
+            }
+            if count == 0 { return svPostRecvRaw(object, isSRQ, nil, bad) }
+            return svFlushRecv(object, isSRQ, wrs, count, chunkHead, bad)
+        }
+    }
+}
+
+@inline(__always)
+func svPostRecvRaw(
+    _ object: UnsafeMutableRawPointer, _ isSRQ: Bool, _ wrs: UnsafeMutablePointer<ibv_recv_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
+) -> Int32 {
+    if isSRQ {
+        let real = object.assumingMemoryBound(to: sv_srq.self).pointee.real.unsafelyUnwrapped
+        return real.pointee.context.unsafelyUnwrapped.pointee.ops.post_srq_recv.unsafelyUnwrapped(real, wrs, bad)
+    }
+    let real = object.assumingMemoryBound(to: sv_qp.self).pointee.real.unsafelyUnwrapped
+    return real.pointee.context.unsafelyUnwrapped.pointee.ops.post_recv.unsafelyUnwrapped(real, wrs, bad)
+}
+
+@inline(__always)
+func svFlushRecv(
+    _ object: UnsafeMutableRawPointer, _ isSRQ: Bool, _ wrs: UnsafeMutablePointer<ibv_recv_wr>,
+    _ count: Int, _ chunkHead: UnsafeMutablePointer<ibv_recv_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
+) -> Int32 {
+    var realBad: UnsafeMutablePointer<ibv_recv_wr>? = nil
+    let rc = svPostRecvRaw(object, isSRQ, wrs, &realBad)
+    if rc == 0 { return 0 }
+    var index = 0
+    if let rb = realBad, rb >= wrs, rb < wrs + count { index = rb - wrs }
+    var app = chunkHead
+    while index > 0, let a = app { app = a.pointee.next; index -= 1 }
+    bad?.pointee = app
+    return rc
+}
+
+// MARK: - Installation
+
+func svInstallPostOps(_ context: UnsafeMutablePointer<sv_context>) {
+    context.pointee.vctx.context.ops.post_send = svOpPostSend
+    context.pointee.vctx.context.ops.post_recv = svOpPostRecv
+    context.pointee.vctx.context.ops.post_srq_recv = svOpPostSRQRecv
+}
+
+func svPostSendOpAddress() -> UnsafeMutableRawPointer {
+    let op: @convention(c) (
+        UnsafeMutablePointer<ibv_qp>?, UnsafeMutablePointer<ibv_send_wr>?,
+        UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
+    ) -> Int32 = svOpPostSend
+    return unsafeBitCast(op, to: UnsafeMutableRawPointer.self)
+}
