@@ -1,5 +1,10 @@
 import Foundation
 import Subprocess
+#if canImport(System)
+import System
+#else
+import SystemPackage
+#endif
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,6 +29,8 @@ public struct LabRun: Sendable {
     /// Working directory in the guest (same path as on the host); default: the current directory.
     public var workingDirectory: String = FileManager.default.currentDirectoryPath
     public var debug = false
+    /// Called with the run folder (which holds qmp<N>.sock) once the guests are being started.
+    public var onStart: (@Sendable (String) -> Void)?
 
     public init(paths: LabPaths, commands: [String]) {
         self.paths = paths
@@ -63,6 +70,7 @@ public struct LabRun: Sendable {
         }
         let state = RunState(guests: guests)
         let deadline = timeout
+        onStart?(runDir)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for g in 0..<guests {
                 let argv = argvs[g]
@@ -71,7 +79,7 @@ public struct LabRun: Sendable {
                     let control = ControlPort(socket: runDir + "/ctl\(g).sock", qmp: runDir + "/qmp\(g).sock", guest: g)
                     control.start()
                     let r = try await run(
-                        .path("/usr/bin/qemu-system-x86_64"), arguments: Arguments(argv),
+                        .path(FilePath(LabSetup.qemuBinary)), arguments: Arguments(argv),
                         input: .none, output: .sequence, error: .sequence
                     ) { execution in
                         await withTaskGroup(of: Void.self) { inner in
@@ -142,6 +150,7 @@ public struct LabRun: Sendable {
             ("STABLEVERBS_LIB", paths.library),
             ("STABLEVERBS_LAB", "1"),
             ("STABLEVERBS_LAB_ROOT", paths.root),
+            ("STABLEVERBS_LAB_RUN_DIR", runDir),
             ("STABLEVERBS_LAB_GUEST", "\(g)"),
             ("STABLEVERBS_LAB_GUESTS", "\(guests)"),
             ("STABLEVERBS_LAB_ROLE", LabRun.role(guest: g)),

@@ -22,7 +22,7 @@ public struct LabSetup: Sendable {
 
     /// Host tools (to build and boot) and the programs the guests run from the host's root.
     public static let requirements: [Requirement] = [
-        .init(path: "/usr/bin/qemu-system-x86_64", package: "qemu-system-x86", why: "boots the guests"),
+        .init(path: qemuBinary, package: "qemu-system-x86", why: "boots the guests"),
         .init(path: "/bin/busybox", package: "busybox-static", why: "the guest's init and shell"),
         .init(path: "/usr/bin/cpio", package: "cpio", why: "packs the initramfs"),
         .init(path: "/usr/sbin/depmod", package: "kmod", why: "orders the kernel modules"),
@@ -36,7 +36,11 @@ public struct LabSetup: Sendable {
         .init(path: "/usr/sbin/rdma-ndd", package: "rdma-core", why: "rdma-core user space"),
     ]
 
-    public static var qemuBinary: String { "/usr/bin/qemu-system-x86_64" }
+    /// QEMU; STABLEVERBS_LAB_QEMU overrides it (pointing it at a missing file shows the skip path).
+    public static let qemuBinary: String = {
+        let e = ProcessInfo.processInfo.environment["STABLEVERBS_LAB_QEMU"] ?? ""
+        return e.isEmpty ? "/usr/bin/qemu-system-x86_64" : e
+    }()
 
     /// Missing requirements (empty when the host has everything).
     public static func missing() -> [Requirement] {

@@ -1,4 +1,5 @@
 import CVerbs
+import StableVerbsABI
 import Glibc
 
 /// A completion channel: a real, pollable fd (stable number) with one byte per pending CQ event.

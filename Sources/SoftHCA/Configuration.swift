@@ -1,4 +1,5 @@
 import CVerbs
+import StableVerbsABI
 import Glibc
 
 extension SoftHCA {

@@ -1,4 +1,5 @@
 import CVerbs
+import StableVerbsABI
 import Glibc
 
 /// An open device context: a complete `struct verbs_context` (ibv_context last, `sz` and

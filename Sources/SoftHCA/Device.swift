@@ -1,4 +1,5 @@
 import CVerbs
+import StableVerbsABI
 import Glibc
 
 /// One port of a software device: its identities (LID, GUID, GIDs) and state.

@@ -1,4 +1,5 @@
 import CVerbs
+import StableVerbsABI
 import Glibc
 
 /// The whole in-process fabric: every device, every object reached from a C pointer, routing by

@@ -1,4 +1,5 @@
 import CVerbs
+import StableVerbsABI
 import Glibc
 
 /// A protection domain; `users` counts the MRs, QPs, SRQs and AHs made in it (dealloc → EBUSY).

@@ -1,4 +1,5 @@
 import CVerbs
+import StableVerbsABI
 import Glibc
 
 /// The extended post API of `struct ibv_qp_ex` (ibv_wr_start … ibv_wr_complete): builders add work

@@ -1,4 +1,5 @@
 import CVerbs
+import StableVerbsABI
 import Glibc
 
 /// A shared receive queue; QPs created with it take their receives from it.

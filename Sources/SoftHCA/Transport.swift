@@ -1,4 +1,5 @@
 import CVerbs
+import StableVerbsABI
 import Glibc
 
 /// The data path: posting, and executing work synchronously inside the post (or when a receive

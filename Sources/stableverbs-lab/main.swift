@@ -82,6 +82,7 @@ struct Run: AsyncParsableCommand {
         r.memoryMiB = memory
         r.cpus = cpus
         r.debug = debug
+        if debug { r.onStart = { dir in labLog("run folder: \(dir) (stableverbs-lab nic unplug|plug --run \(dir))") } }
         for kv in env {
             guard let eq = kv.firstIndex(of: "=") else { throw ValidationError("--env needs KEY=VALUE: \(kv)") }
             r.environment[String(kv[..<eq])] = String(kv[kv.index(after: eq)...])

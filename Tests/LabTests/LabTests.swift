@@ -33,7 +33,8 @@ enum Lab {
     static var shimReason: String { unavailable.map { "lab unavailable: \($0)" } ?? libraryMissing ?? "" }
 
     /// Runs a lab command; prints each line (prefixed) as it comes; returns status and lines.
-    static func run(_ commands: [String], guests: Int = 1, timeout: Double = 300) async throws -> (status: Int32, lines: [(guest: Int, text: String)], result: LabRun.Result) {
+    static func run(_ commands: [String], guests: Int = 1, timeout: Double = 300,
+                    onLine: (@Sendable (Int, String, String) -> Void)? = nil) async throws -> (status: Int32, lines: [(guest: Int, text: String)], result: LabRun.Result) {
         let paths = try #require(Lab.paths)
         try await LabSetup(paths: paths).ensure(install: false)
         var r = LabRun(paths: paths, commands: commands)
@@ -41,8 +42,11 @@ enum Lab {
         r.timeout = timeout
         r.workingDirectory = paths.root
         let sink = LineSink()
+        let runDir = LineSink()
+        r.onStart = { runDir.add(-1, $0) }
         let result = try await r.execute { g, line in
             sink.add(g, line)
+            onLine?(g, line, runDir.lines.first?.text ?? "")
             print("[lab\(g)] \(line)")
         }
         return (result.status, sink.lines, result)
@@ -188,6 +192,36 @@ struct LabTests {
         #expect(text.contains("after-replace=[rxe0] mac=52:54:00:77:01:01"))
         let rc = lines.compactMap { ProgramResult($0.text) }
         #expect(rc.count == 2 && rc.allSatisfy { $0.rc == 0 && $0.count == 1000 }, "rc after the NIC replacement: \(rc)")
+    }
+
+    @Test("host-side QMP: stableverbs-lab's LabNIC unplugs and plugs a running guest's NIC")
+    func hostSideNIC() async throws {
+        let hostLog = LineSink()
+        let (status, lines, _) = try await Lab.run(["""
+            set -e
+            lab-device delete
+            echo "ready-for-unplug"
+            i=0; while [ -e /sys/class/net/eth0 ]; do i=$((i+1)); [ $i -lt 300 ] || exit 3; sleep 0.1; done
+            echo "nic-gone"
+            i=0; while [ ! -e /sys/class/net/eth0 ]; do i=$((i+1)); [ $i -lt 300 ] || exit 4; sleep 0.1; done
+            lab-device add
+            echo "mac-now=$(cat /sys/class/net/eth0/address) devices=[$(ibv_devices | tail -n +3 | awk '{print $1}')]"
+            """], onLine: { _, line, runDir in
+                guard line == "ready-for-unplug" else { return }
+                Thread.detachNewThread {
+                    do {
+                        let id = try LabNIC.unplug(qmpSocket: runDir + "/qmp0.sock")
+                        let (nid, mac) = try LabNIC.plug(qmpSocket: runDir + "/qmp0.sock", guest: 0)
+                        hostLog.add(0, "unplugged \(id), plugged \(nid) \(mac)")
+                    } catch {
+                        hostLog.add(0, "host-side QMP failed: \(error)")
+                    }
+                }
+            })
+        #expect(hostLog.lines.map(\.text) == ["unplugged nic0, plugged nic1 52:54:00:77:01:01"])
+        #expect(status == 0)
+        #expect(lines.contains { $0.text == "nic-gone" })
+        #expect(lines.contains { $0.text == "mac-now=52:54:00:77:01:01 devices=[rxe0]" })
     }
 
     @Test("two guests: the client guest loses and regains its NIC, the server guest keeps its device")
