@@ -14,7 +14,8 @@ final class CompletionChannel {
         self.pipe = pipe
         channel = allocateZeroed(ibv_comp_channel.self)
         channel.pointee.context = context.context
-        channel.pointee.fd = pipe.readFD
+        pipe.bind(UnsafeMutableRawPointer(channel).advanced(by: MemoryLayout<ibv_comp_channel>.offset(of: \ibv_comp_channel.fd)!)
+            .assumingMemoryBound(to: Int32.self))
         channel.pointee.refcnt = 0
     }
 

@@ -27,7 +27,8 @@ final class Context {
         context.pointee.abi_compat = UnsafeMutableRawPointer(bitPattern: UInt.max)
         context.pointee.device = device.cDevice
         context.pointee.cmd_fd = -1
-        context.pointee.async_fd = asyncPipe.readFD
+        asyncPipe.bind(UnsafeMutableRawPointer(context).advanced(by: MemoryLayout<ibv_context>.offset(of: \ibv_context.async_fd)!)
+            .assumingMemoryBound(to: Int32.self))
         context.pointee.num_comp_vectors = Int32(vectors)
         pthread_mutex_init(&context.pointee.mutex, nil)
 

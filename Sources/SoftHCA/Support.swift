@@ -86,9 +86,19 @@ struct GID: Hashable, Sendable, CustomStringConvertible {
 
 /// A connected socket pair whose first end is handed to the application as a pollable fd
 /// (a completion channel's fd or a context's async_fd); one byte is queued per pending event.
-struct EventPipe {
-    let readFD: Int32
+/// The real fd pair behind an event queue (async events, a completion channel). The read end's
+/// number lives in the verbs object (`async_fd`, `channel->fd`) once bound: like libibverbs, the
+/// double always uses the number the object holds now, so a user that renumbers it with dup2 (the
+/// shim keeps fd numbers stable across a rebuild that way) stays correct.
+final class EventPipe {
+    private let initialReadFD: Int32
     let writeFD: Int32
+    private var readSlot: UnsafeMutablePointer<Int32>?
+
+    private init(readFD: Int32, writeFD: Int32) {
+        initialReadFD = readFD
+        self.writeFD = writeFD
+    }
 
     static func make() -> EventPipe? {
         var fds: [Int32] = [-1, -1]
@@ -97,9 +107,17 @@ struct EventPipe {
         return EventPipe(readFD: fds[0], writeFD: fds[1])
     }
 
+    /// Stores the read end's number in `slot` (a field of the verbs object) and reads it from there.
+    func bind(_ slot: UnsafeMutablePointer<Int32>) {
+        slot.pointee = initialReadFD
+        readSlot = slot
+    }
+
+    var readFD: Int32 { readSlot?.pointee ?? initialReadFD }
+
     func signal() {
         var b: UInt8 = 1
-        _ = write(writeFD, &b, 1)
+        _ = send(writeFD, &b, 1, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
     }
 
     /// Consumes one queued byte without blocking (the caller knows one is there).
@@ -119,5 +137,6 @@ struct EventPipe {
     func close() {
         _ = Glibc.close(readFD)
         _ = Glibc.close(writeFD)
+        readSlot = nil
     }
 }

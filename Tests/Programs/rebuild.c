@@ -228,11 +228,12 @@ int main(int argc, char **argv)
 	struct ibv_comp_channel *ch = ibv_create_comp_channel(db->ctx);
 	TP_CHECK(ch, "ibv_create_comp_channel failed: %s", strerror(errno));
 	int ch_fd = ch->fd;
-	struct tp_qp_opts ol = {.type = IBV_QPT_RC, .channel = ch};
+	/* The channel belongs to B's context: only B's receive CQ may use it (a channel of another
+	 * context is EINVAL, natively too). */
+	struct tp_qp_opts ol = {.type = IBV_QPT_RC};
 	struct tp_qp_opts ox = {.type = IBV_QPT_RC, .ex = 1};
 	struct tp_end a, b, c, d; /* a-b legacy QPs (b's receive CQ on the channel), c-d wr_* QPs */
 	tp_end_create(&a, &da, &ol);
-	ol.channel = NULL;
 	tp_end_create(&c, &da, &ox);
 	ol.channel = ch;
 	tp_end_create(&b, db, &ol);
@@ -274,7 +275,7 @@ int main(int argc, char **argv)
 		check(ch->fd == ch_fd, "the completion channel's fd changed from %d to %d", ch_fd, ch->fd);
 		if (fcntl(ch_fd, F_GETFD) < 0)
 			check(0, "the completion channel's fd %d is no longer open", ch_fd);
-		if (nb.rqpn != nb.vqpn)
+		if (nb.rqpn != nb.vqpn || na.rqpn != na.vqpn)
 			qpn_checked++;
 		/* Keep working with the identities recorded BEFORE the first rebuild. */
 		char tag[64];
