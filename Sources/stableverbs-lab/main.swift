@@ -10,7 +10,7 @@ struct StableVerbsLab: AsyncParsableCommand {
         discussion: """
         The guests see the host's file system read-only at the same paths (except /tmp, /var/tmp,
         /root, /run, /dev, /proc, /sys, which are the guest's own). Each guest has one rxe device,
-        rxe0, whose GID index 1 is its IPv4-mapped GID. See Lab/README-section.md.
+        rxe0, whose GID index 1 is its IPv4-mapped GID. See README.md, "The lab".
         """,
         subcommands: [Run.self, Setup.self, NIC.self],
         defaultSubcommand: Run.self
