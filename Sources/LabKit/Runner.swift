@@ -170,6 +170,11 @@ public struct LabRun: Sendable {
 
     func qemuArguments(guest g: Int, kernel: String, runDir: String, ports: [Int]) -> [String] {
         var append = "console=ttyS0 panic=-1 sv.run=\(runDir)/guest\(g).sh sv.ip=\(LabRun.address(guest: g)) sv.guest=\(g)"
+        // Host folders the guest must see even where it mounts its own (/tmp, /var/tmp, /root):
+        // the project, the run folder, the library's folder, the working directory.
+        let keep = [paths.root, runDir, (paths.library as NSString).deletingLastPathComponent, workingDirectory]
+            .filter { !$0.isEmpty && !$0.contains(" ") && !$0.contains(",") }
+        append += " sv.keep=" + keep.joined(separator: ",")
         append += debug ? " sv.debug=1" : " quiet loglevel=1"
         var a = [
             "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "\(memoryMiB)", "-smp", "\(cpus)",

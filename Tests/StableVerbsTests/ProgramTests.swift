@@ -108,6 +108,18 @@ struct ProgramTests {
                 "\(out)")
     }
 
+    /// What the shim does not virtualise (memory windows, XRC, device memory, ODP advice, work
+    /// queues, mlx5 direct verbs and DC) fails with EOPNOTSUPP and a log line, never a crash.
+    @Test("unsupported verbs fail cleanly", arguments: [Setup.ibOneDevice, .ethOneDevice])
+    func unsupportedVerbs(setup: Setup) throws {
+        let out = try Harness.runProgram("unsupported", setup: setup, timeout: 60)
+        #expect(out.status == 0, "\(out)")
+        #expect(out.line(startingWith: "unsupported: 14 cases, 0 unexpected") != nil, "\(out)")
+        for verb in ["mlx5dv_open_device", "mlx5dv_create_qp", "ibv_create_srq_ex (XRC)"] {
+            #expect(out.stderr.contains("\(verb): not supported by StableVerbs (EOPNOTSUPP)"), "no log line for \(verb): \(out)")
+        }
+    }
+
     /// dlopen("libibverbs.so.1") + dlsym must land in the shim.
     @Test("dlopen + dlsym of libibverbs reach the shim", arguments: [Setup.ibOneDevice, .ethOneDevice])
     func dlopenDlsym(setup: Setup) throws {
