@@ -1,0 +1,296 @@
+/*
+ * fastpath: what the shim adds to each fast-path verb, in one process, one run.
+ *
+ * Runs under LD_PRELOAD=libstableverbs.so with the software HCA as the lower interface
+ * (STABLEVERBS_LOWER=softhca STABLEVERBS_SOFTHCA=devices=1). Every op is timed twice on the same
+ * queues: through the application's virtual object (the shim's op, which then calls the double),
+ * and "direct" on the real object underneath (the double's op, as native libibverbs would call
+ * it). The difference is the shim's cost. With -m the context is rebuilt first
+ * (stableverbs_rebuild_context), so every real QPN/lkey/rkey differs from the virtual one and the
+ * translation tables are in use.
+ *
+ *   fastpath [-m] [-n BATCHES] [-o OP] [-t shim|direct]
+ *
+ * Without -o: a table of every op (median over BATCHES batches of 256 ops, ns per op). With -o and
+ * -t: only that op and target, for instruction counting under callgrind (Benchmarks/fastpath/callgrind).
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <infiniband/verbs.h>
+
+#include "sv_objects.h" /* the virtual objects' layout: their real counterpart */
+
+#define BATCH 256
+#define CHECK(c, ...)                                                                              \
+	do {                                                                                       \
+		if (!(c)) {                                                                        \
+			fprintf(stderr, "fastpath: " __VA_ARGS__);                                 \
+			fprintf(stderr, "\n");                                                     \
+			exit(1);                                                                   \
+		}                                                                                  \
+	} while (0)
+
+struct side {            /* one view of the queues: virtual (shim) or real (direct) */
+	struct ibv_qp *a, *b, *c, *d; /* a->b connected; d->c connected, c receives from the SRQ */
+	struct ibv_qp_ex *ax;
+	struct ibv_cq *cq, *rcq;
+	struct ibv_srq *srq;
+	uint32_t lkey, rkey;
+};
+
+static struct ibv_context *ctx;
+static struct ibv_pd *pd;
+static struct ibv_mr *mr;
+static uint8_t *buf;
+static struct side virt, real;
+
+static double now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
+static void drain(struct ibv_cq *cq, int n)
+{
+	struct ibv_wc wc[32];
+	while (n > 0) {
+		int k = ibv_poll_cq(cq, n < 32 ? n : 32, wc);
+		CHECK(k >= 0, "poll_cq failed");
+		for (int i = 0; i < k; i++)
+			CHECK(wc[i].status == IBV_WC_SUCCESS, "completion status %s", ibv_wc_status_str(wc[i].status));
+		n -= k;
+	}
+}
+
+static void connect_qps(struct ibv_qp *a, struct ibv_qp *b)
+{
+	struct ibv_port_attr pa;
+	CHECK(ibv_query_port(ctx, 1, &pa) == 0, "query_port");
+	struct ibv_qp *q[2] = {a, b};
+	for (int i = 0; i < 2; i++) {
+		struct ibv_qp_attr at = {.qp_state = IBV_QPS_INIT, .port_num = 1,
+					 .qp_access_flags = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ};
+		CHECK(ibv_modify_qp(q[i], &at, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS) == 0, "INIT");
+	}
+	for (int i = 0; i < 2; i++) {
+		struct ibv_qp_attr at = {.qp_state = IBV_QPS_RTR, .path_mtu = IBV_MTU_1024, .dest_qp_num = q[1 - i]->qp_num,
+					 .max_dest_rd_atomic = 1, .min_rnr_timer = 12,
+					 .ah_attr = {.dlid = pa.lid, .port_num = 1}};
+		CHECK(ibv_modify_qp(q[i], &at, IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
+						       IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER) == 0, "RTR");
+		struct ibv_qp_attr rt = {.qp_state = IBV_QPS_RTS, .timeout = 14, .retry_cnt = 7, .rnr_retry = 7, .max_rd_atomic = 1};
+		CHECK(ibv_modify_qp(q[i], &rt, IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
+						       IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC) == 0, "RTS");
+	}
+}
+
+static void setup(void)
+{
+	int n = 0;
+	struct ibv_device **list = ibv_get_device_list(&n);
+	CHECK(list && n > 0, "no device (run under the shim with STABLEVERBS_LOWER=softhca)");
+	ctx = ibv_open_device(list[0]);
+	CHECK(ctx, "open_device");
+	pd = ibv_alloc_pd(ctx);
+	buf = aligned_alloc(4096, 1 << 20);
+	memset(buf, 1, 1 << 20);
+	mr = ibv_reg_mr(pd, buf, 1 << 20, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
+	CHECK(mr, "reg_mr");
+	virt.cq = ibv_create_cq(ctx, 4 * BATCH, NULL, NULL, 0);
+	virt.rcq = ibv_create_cq(ctx, 4 * BATCH, NULL, NULL, 0);
+	struct ibv_srq_init_attr sa = {.attr = {.max_wr = 2 * BATCH, .max_sge = 1}};
+	virt.srq = ibv_create_srq(pd, &sa);
+	CHECK(virt.cq && virt.rcq && virt.srq, "cq/srq");
+	struct ibv_qp_init_attr_ex qa = {
+		.send_cq = virt.cq, .recv_cq = virt.rcq, .qp_type = IBV_QPT_RC, .sq_sig_all = 1,
+		.cap = {.max_send_wr = 2 * BATCH, .max_recv_wr = 2 * BATCH, .max_send_sge = 1, .max_recv_sge = 1, .max_inline_data = 64},
+		.comp_mask = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS, .pd = pd,
+		.send_ops_flags = IBV_QP_EX_WITH_RDMA_WRITE | IBV_QP_EX_WITH_SEND};
+	virt.a = ibv_create_qp_ex(ctx, &qa);
+	virt.b = ibv_create_qp_ex(ctx, &qa);
+	CHECK(virt.a && virt.b, "create_qp_ex: %s", strerror(errno));
+	virt.ax = ibv_qp_to_qp_ex(virt.a);
+	connect_qps(virt.a, virt.b);
+	virt.d = ibv_create_qp_ex(ctx, &qa);
+	qa.srq = virt.srq;
+	virt.c = ibv_create_qp_ex(ctx, &qa);
+	CHECK(virt.c && virt.d, "create_qp_ex (SRQ): %s", strerror(errno));
+	connect_qps(virt.d, virt.c);
+	ibv_free_device_list(list);
+}
+
+static void resolve(void)
+{
+	virt.lkey = mr->lkey;
+	virt.rkey = mr->rkey;
+	real.a = sv_qp_of(virt.a)->real;
+	real.b = sv_qp_of(virt.b)->real;
+	real.c = sv_qp_of(virt.c)->real;
+	real.d = sv_qp_of(virt.d)->real;
+	real.ax = sv_qp_of(virt.a)->real_qpx;
+	real.cq = sv_cq_of(virt.cq)->real;
+	real.rcq = sv_cq_of(virt.rcq)->real;
+	real.srq = sv_srq_of(virt.srq)->real;
+	real.lkey = sv_mr_of(mr)->real->lkey;
+	real.rkey = sv_mr_of(mr)->real->rkey;
+	CHECK(real.a && real.ax && real.cq && real.srq, "the real objects are not reachable");
+}
+
+enum op { POLL_EMPTY, POLL_ONE, POST_SEND_INLINE, POST_SEND_SGE, WR_INLINE, WR_SGE, POST_RECV, POST_SRQ_RECV, NOPS };
+static const char *names[NOPS] = {"poll_cq (empty)", "poll_cq (1 completion)", "post_send inline", "post_send SGE",
+				  "ibv_wr_* inline", "ibv_wr_* SGE", "post_recv", "post_srq_recv"};
+static const char *keys[NOPS] = {"poll_empty", "poll_one", "post_send_inline", "post_send_sge", "wr_inline", "wr_sge",
+				 "post_recv", "post_srq_recv"};
+
+static void write_wr(struct side *s, struct ibv_send_wr *wr, struct ibv_sge *sge, int inl)
+{
+	*sge = (struct ibv_sge){.addr = (uintptr_t)buf, .length = 8, .lkey = s->lkey};
+	*wr = (struct ibv_send_wr){.sg_list = sge, .num_sge = 1, .opcode = IBV_WR_RDMA_WRITE,
+				   .send_flags = IBV_SEND_SIGNALED | (inl ? IBV_SEND_INLINE : 0)};
+	wr->wr.rdma.remote_addr = (uintptr_t)buf + 4096;
+	wr->wr.rdma.rkey = s->rkey;
+}
+
+/* One batch of BATCH ops of kind `op` on side `s`; returns ns for the timed part. The untimed
+ * work around it (completions to poll, receives to consume) always uses the real objects, so that
+ * two runs that differ only in `s` differ only in the timed ops (callgrind's instruction counts). */
+static double batch(enum op op, struct side *s)
+{
+	struct ibv_wc wc;
+	struct ibv_send_wr wr, *bad;
+	struct ibv_recv_wr rwr, *rbad;
+	struct ibv_sge sge;
+	double t0, t1;
+	switch (op) {
+	case POLL_EMPTY:
+		t0 = now_ns();
+		for (int i = 0; i < BATCH; i++)
+			if (ibv_poll_cq(s->cq, 1, &wc) != 0)
+				CHECK(0, "poll_cq: unexpected completion");
+		return now_ns() - t0;
+	case POLL_ONE:
+		write_wr(&real, &wr, &sge, 1);
+		for (int i = 0; i < BATCH; i++)
+			CHECK(ibv_post_send(real.a, &wr, &bad) == 0, "post_send");
+		t0 = now_ns();
+		for (int i = 0; i < BATCH; i++)
+			if (ibv_poll_cq(s->cq, 1, &wc) != 1 || wc.status != IBV_WC_SUCCESS)
+				CHECK(0, "poll_cq: no completion");
+		return now_ns() - t0;
+	case POST_SEND_INLINE:
+	case POST_SEND_SGE:
+		write_wr(s, &wr, &sge, op == POST_SEND_INLINE);
+		t0 = now_ns();
+		for (int i = 0; i < BATCH; i++)
+			if (ibv_post_send(s->a, &wr, &bad))
+				CHECK(0, "post_send failed");
+		t1 = now_ns();
+		drain(real.cq, BATCH);
+		return t1 - t0;
+	case WR_INLINE:
+	case WR_SGE:
+		t0 = now_ns();
+		for (int i = 0; i < BATCH; i++) {
+			ibv_wr_start(s->ax);
+			s->ax->wr_id = i;
+			s->ax->wr_flags = IBV_SEND_SIGNALED;
+			ibv_wr_rdma_write(s->ax, s->rkey, (uintptr_t)buf + 4096);
+			if (op == WR_INLINE)
+				ibv_wr_set_inline_data(s->ax, buf, 8);
+			else
+				ibv_wr_set_sge(s->ax, s->lkey, (uintptr_t)buf, 8);
+			if (ibv_wr_complete(s->ax))
+				CHECK(0, "ibv_wr_complete failed");
+		}
+		t1 = now_ns();
+		drain(real.cq, BATCH);
+		return t1 - t0;
+	case POST_RECV:
+	case POST_SRQ_RECV:
+		sge = (struct ibv_sge){.addr = (uintptr_t)buf + 8192, .length = 64, .lkey = s->lkey};
+		rwr = (struct ibv_recv_wr){.sg_list = &sge, .num_sge = 1};
+		t0 = now_ns();
+		for (int i = 0; i < BATCH; i++)
+			if (op == POST_RECV ? ibv_post_recv(s->b, &rwr, &rbad) : ibv_post_srq_recv(s->srq, &rwr, &rbad))
+				CHECK(0, "post_recv failed");
+		t1 = now_ns();
+		/* consume them: BATCH sends a->b (or d->c, whose receives come from the SRQ) */
+		sge = (struct ibv_sge){.addr = (uintptr_t)buf, .length = 8, .lkey = real.lkey};
+		wr = (struct ibv_send_wr){.sg_list = &sge, .num_sge = 1, .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED};
+		for (int i = 0; i < BATCH; i++)
+			CHECK(ibv_post_send(op == POST_RECV ? real.a : real.d, &wr, &bad) == 0, "post_send");
+		drain(real.cq, BATCH);
+		drain(real.rcq, BATCH);
+		return t1 - t0;
+	default:
+		return 0;
+	}
+}
+
+static int cmp(const void *x, const void *y)
+{
+	double a = *(const double *)x, b = *(const double *)y;
+	return a < b ? -1 : a > b;
+}
+
+int main(int argc, char **argv)
+{
+	int moved = 0, batches = 2000, only = -1;
+	const char *target = "shim";
+	for (int o; (o = getopt(argc, argv, "mn:o:t:")) != -1;) {
+		switch (o) {
+		case 'm': moved = 1; break;
+		case 'n': batches = atoi(optarg); break;
+		case 'o':
+			for (int i = 0; i < NOPS; i++)
+				if (!strcmp(optarg, keys[i]))
+					only = i;
+			CHECK(only >= 0, "unknown op %s", optarg);
+			break;
+		case 't': target = optarg; break;
+		default: return 2;
+		}
+	}
+	int (*rebuild)(struct ibv_context *) = (int (*)(struct ibv_context *))dlsym(RTLD_DEFAULT, "stableverbs_rebuild_context");
+	CHECK(rebuild, "not running under the shim (LD_PRELOAD=libstableverbs.so)");
+	setup();
+	if (moved) {
+		CHECK(rebuild(ctx) == 0, "stableverbs_rebuild_context failed");
+	}
+	resolve();
+	CHECK(!moved || (real.lkey != virt.lkey && real.a->qp_num != virt.a->qp_num), "the rebuild changed no identity");
+
+	if (only >= 0) {
+		struct side *s = strcmp(target, "direct") == 0 ? &real : &virt;
+		for (int b = 0; b < batches; b++)
+			batch(only, s);
+		printf("fastpath: %s %s x %d\n", keys[only], target, batches * BATCH);
+		return 0;
+	}
+
+	double *ts = malloc(sizeof(double) * batches), *td = malloc(sizeof(double) * batches);
+	printf("%-24s %10s %10s %10s %8s   (%s, median of %d batches of %d)\n", "op", "direct ns", "shim ns", "added ns",
+	       "ratio", moved ? "after a rebuild: translation active" : "nothing moved", batches, BATCH);
+	for (int op = 0; op < NOPS; op++) {
+		for (int b = 0; b < 50; b++) { /* warm up */
+			batch(op, &real);
+			batch(op, &virt);
+		}
+		for (int b = 0; b < batches; b++) { /* interleaved */
+			td[b] = batch(op, &real) / BATCH;
+			ts[b] = batch(op, &virt) / BATCH;
+		}
+		qsort(td, batches, sizeof(double), cmp);
+		qsort(ts, batches, sizeof(double), cmp);
+		double d = td[batches / 2], s = ts[batches / 2];
+		printf("%-24s %10.2f %10.2f %10.2f %8.3f\n", names[op], d, s, s - d, s / d);
+	}
+	return 0;
+}
