@@ -370,7 +370,12 @@ extension QueuePair {
     private func executeUD(_ w: SendWork, payload: [UInt8], port: Port) -> Outcome {
         guard let ah = w.ah else { return fail(w, IBV_WC_LOC_QP_OP_ERR) }
         let mtuBytes = 128 << Int(port.activeMTU.rawValue)
-        if payload.count > mtuBytes { return fail(w, IBV_WC_LOC_LEN_ERR) }
+        // IB spec C10-93.1.1: a UD message longer than the port MTU is not sent, and no error is
+        // generated for it (rxe "fakes a successful UD send"): it completes successfully, unseen.
+        if payload.count > mtuBytes {
+            completeSend(w, status: IBV_WC_SUCCESS)
+            return .done
+        }
         let qkey = w.remoteQKey & 0x8000_0000 != 0 ? attr.qkey : w.remoteQKey
         let withGRH = ah.is_global != 0
         var grh = [UInt8](repeating: 0, count: 40)

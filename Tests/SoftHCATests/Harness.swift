@@ -217,3 +217,169 @@ func poll(_ cq: CQ, max: Int = 16) -> [ibv_wc] {
 }
 
 func pollOne(_ cq: CQ) -> ibv_wc? { poll(cq, max: 1).first }
+
+// MARK: the extended interfaces (reached through the objects, like rdma-core's inline helpers)
+
+/// `verbs_get_ctx()`: the verbs_context in front of an ibv_context, trusted only when the context
+/// says it is extended.
+func verbsContext(_ c: Ctx) -> UnsafeMutablePointer<verbs_context>? {
+    guard c.pointee.abi_compat == UnsafeMutableRawPointer(bitPattern: UInt.max) else { return nil }
+    let offset = MemoryLayout<verbs_context>.offset(of: \verbs_context.context)!
+    return (UnsafeMutableRawPointer(c) - offset).assumingMemoryBound(to: verbs_context.self)
+}
+
+extension Harness {
+    var vctx: UnsafeMutablePointer<verbs_context> { verbsContext(contexts[0])! }
+
+    /// A QP from `verbs_context.create_qp_ex` with the new post API (IBV_QP_INIT_ATTR_SEND_OPS_FLAGS).
+    func qpEx(_ c: Int, _ pd: PD, _ cq: CQ, type: ibv_qp_type = IBV_QPT_RC, ops: UInt64? = nil,
+              srq: UnsafeMutablePointer<ibv_srq>? = nil) -> (QP, UnsafeMutablePointer<ibv_qp_ex>) {
+        var a = ibv_qp_init_attr_ex()
+        a.qp_type = type
+        a.send_cq = cq
+        a.recv_cq = cq
+        a.srq = srq
+        a.sq_sig_all = 0
+        a.cap = ibv_qp_cap(max_send_wr: 16, max_recv_wr: 16, max_send_sge: 4, max_recv_sge: 4, max_inline_data: 64)
+        a.comp_mask = UInt32(IBV_QP_INIT_ATTR_PD.rawValue | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS.rawValue)
+        a.pd = pd
+        a.send_ops_flags = ops ?? (type == IBV_QPT_UD ? sendOpsUD : sendOpsRC)
+        let ctx = contexts[c]
+        let qp = verbsContext(ctx)!.pointee.create_qp_ex!(ctx, &a)!
+        return (qp, L.qp_to_qp_ex!(qp)!)
+    }
+
+    /// Every async event queued on context `c` right now (the fd is made non-blocking), each acked.
+    func asyncEvents(_ c: Int) -> [ibv_async_event] {
+        let ctx = contexts[c]
+        let fd = ctx.pointee.async_fd
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+        defer { _ = fcntl(fd, F_SETFL, flags) }
+        var out: [ibv_async_event] = []
+        while true {
+            var e = ibv_async_event()
+            errno = 0
+            guard L.get_async_event!(ctx, &e) == 0 else {
+                #expect(errno == EAGAIN, "an empty, non-blocking async fd says EAGAIN")
+                break
+            }
+            out.append(e)
+            L.ack_async_event!(&e)
+        }
+        return out
+    }
+
+    func qpState(_ qp: QP) -> ibv_qp_state {
+        var a = ibv_qp_attr(), i = ibv_qp_init_attr()
+        #expect(L.query_qp!(qp, &a, Int32(IBV_QP_STATE.rawValue), &i) == 0)
+        return a.qp_state
+    }
+}
+
+/// Whether `fd` becomes readable within `ms` milliseconds.
+func readable(_ fd: Int32, within ms: Int32 = 0) -> Bool {
+    var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    return Glibc.poll(&pfd, 1, ms) == 1 && pfd.revents & Int16(POLLIN) != 0
+}
+
+/// Posts one RDMA work request (write, write with immediate, read).
+@discardableResult
+func postRDMA(_ qp: QP, _ sges: [ibv_sge], _ opcode: ibv_wr_opcode, remote: UInt64, rkey: UInt32, id: UInt64 = 0,
+              imm: UInt32 = 0, flags: UInt32 = 0) -> Int32 {
+    postSend(qp, sges, id: id, opcode: opcode, flags: flags, imm: imm) { wr in
+        wr.wr.rdma.remote_addr = remote
+        wr.wr.rdma.rkey = rkey
+    }
+}
+
+/// Calls a constructor of the table and returns (result, errno) with errno cleared first.
+func withErrno<T>(_ body: () -> T?) -> (T?, Int32) {
+    errno = 0
+    let r = body()
+    return (r, errno)
+}
+
+/// A value that may cross to another thread (the tests hand C pointers to a helper thread).
+struct Unchecked<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+/// A helper thread (pthread, no Foundation). `join(within:)` gives up after a while, so a
+/// regression that leaves the thread blocked fails the test instead of hanging the suite (the
+/// thread is then left behind; the next fabric reset closes the fds it waits on).
+final class Background: @unchecked Sendable {
+    private var thread = pthread_t()
+    private let lock = GlobalLock()
+    private var finished = false
+    private var body: (() -> Void)?
+
+    init(_ body: @escaping () -> Void) {
+        self.body = body
+        let ctx = Unmanaged.passRetained(self).toOpaque()
+        let r = pthread_create(&thread, nil, { p in
+            let me = Unmanaged<Background>.fromOpaque(p!).takeRetainedValue()
+            me.body?()
+            me.lock.with { me.finished = true }
+            return nil
+        }, ctx)
+        precondition(r == 0)
+    }
+
+    var isFinished: Bool { lock.with { finished } }
+
+    /// Joins if the thread finishes within `ms`; returns whether it did.
+    @discardableResult
+    func join(within ms: Int = 2000) -> Bool {
+        guard eventually(within: ms, { isFinished }) else {
+            pthread_detach(thread)
+            return false
+        }
+        pthread_join(thread, nil)
+        return true
+    }
+}
+
+/// `get_cq_event` that cannot hang a failing test: the channel's fd must become readable first.
+func cqEvent(_ L: sv_lower, _ channel: UnsafeMutablePointer<ibv_comp_channel>, within ms: Int32 = 1000)
+    -> (cq: CQ?, context: UnsafeMutableRawPointer?)? {
+    guard readable(channel.pointee.fd, within: ms) else { return nil }
+    var cq: UnsafeMutablePointer<ibv_cq>?
+    var ctx: UnsafeMutableRawPointer?
+    guard L.get_cq_event!(channel, &cq, &ctx) == 0 else { return nil }
+    return (cq, ctx)
+}
+
+/// Spins (sleeping 1 ms) until `condition` holds or `ms` pass; returns whether it held.
+func eventually(within ms: Int = 2000, _ condition: () -> Bool) -> Bool {
+    for _ in 0..<ms {
+        if condition() { return true }
+        usleep(1000)
+    }
+    return condition()
+}
+
+extension Harness {
+    /// A create_qp_ex call that may fail (nil, errno set).
+    func qpExOrNil(_ c: Int, _ pd: PD, _ cq: CQ) -> QP? {
+        var a = ibv_qp_init_attr_ex()
+        a.qp_type = IBV_QPT_RC
+        a.send_cq = cq
+        a.recv_cq = cq
+        a.cap = ibv_qp_cap(max_send_wr: 4, max_recv_wr: 4, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 0)
+        a.comp_mask = UInt32(IBV_QP_INIT_ATTR_PD.rawValue | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS.rawValue)
+        a.pd = pd
+        a.send_ops_flags = sendOpsRC
+        let ctx = contexts[c]
+        return verbsContext(ctx)!.pointee.create_qp_ex!(ctx, &a)
+    }
+}
+
+/// `get_async_event` that cannot hang a failing test: the async fd must become readable first.
+/// The event is not acknowledged.
+func asyncEvent(_ L: sv_lower, _ ctx: Ctx, within ms: Int32 = 1000) -> ibv_async_event? {
+    guard readable(ctx.pointee.async_fd, within: ms) else { return nil }
+    var e = ibv_async_event()
+    return L.get_async_event!(ctx, &e) == 0 ? e : nil
+}
