@@ -53,6 +53,30 @@ int stableverbs_port_lid(struct ibv_context *context, uint8_t port_num, uint16_t
 int stableverbs_gid_identity(struct ibv_context *context, uint8_t port_num, int index,
 			     union ibv_gid *virtual_gid, union ibv_gid *real_gid);
 
+/* Kinds of virtual object for stableverbs_real_object. */
+enum stableverbs_object_type {
+	STABLEVERBS_OBJECT_CONTEXT = 1, /* struct ibv_context * */
+	STABLEVERBS_OBJECT_PD = 2,      /* struct ibv_pd * */
+	STABLEVERBS_OBJECT_MR = 3,      /* struct ibv_mr * */
+	STABLEVERBS_OBJECT_CQ = 4,      /* struct ibv_cq * (or the ibv_cq_ex's, which starts the same) */
+	STABLEVERBS_OBJECT_CQ_EX = 5,   /* struct ibv_cq_ex *: the real ibv_cq_ex (ENOENT if not made by create_cq_ex) */
+	STABLEVERBS_OBJECT_SRQ = 6,     /* struct ibv_srq * */
+	STABLEVERBS_OBJECT_QP = 7,      /* struct ibv_qp * */
+	STABLEVERBS_OBJECT_QP_EX = 8,   /* struct ibv_qp * or ibv_qp_ex *: the real ibv_qp_ex (ENOENT before
+					 * ibv_qp_to_qp_ex succeeded on it) */
+	STABLEVERBS_OBJECT_AH = 9,      /* struct ibv_ah * */
+};
+
+/*
+ * For benchmarks and diagnostics only: the real object currently behind a virtual one (the lower
+ * provider's own object, whose op pointers a benchmark may call to compare with the shim's). The
+ * pointer is valid until the next rebuild or until the virtual object is destroyed; a program
+ * that uses it for anything but measuring or printing breaks the shim's guarantees.
+ * Returns 0 and sets *real, EINVAL (not one of the shim's objects, or an unknown type), or ENOENT
+ * (no real counterpart right now).
+ */
+int stableverbs_real_object(enum stableverbs_object_type type, void *virtual_object, void **real);
+
 /*
  * Rebuild every real object behind a context in place, the way a recovery does: device reopened,
  * PD, MRs (same address, length, access), completion channels (same fd numbers), CQs, SRQs, QPs
@@ -64,6 +88,45 @@ int stableverbs_gid_identity(struct ibv_context *context, uint8_t port_num, int 
  * protocol exists.
  */
 int stableverbs_rebuild_context(struct ibv_context *context);
+
+
+/*
+ * Recovery (phase A: every connection's two ends in this process).
+ *
+ * stableverbs_detach: quiesce and release every context on the named device (NULL: all), and the
+ * contexts connected to them: new posts are buffered, posted sends are given up to
+ * STABLEVERBS_QUIESCE_MS (default 2000) to complete, then every real object is destroyed and the
+ * device context closed (a VF can be detached, an rxe device deleted). Returns 0 once released,
+ * ENODEV for an unknown device name. The application keeps running: posts are buffered (ENOMEM
+ * when a queue's buffer is full), polls return the completions kept from the released CQs.
+ *
+ * stableverbs_attach: rebuild every released context on a device chosen by STABLEVERBS_MATCH
+ * (name | guid | any; default: the same name, or after STABLEVERBS_MATCH_WAIT_MS any device with
+ * an active port), waiting up to STABLEVERBS_DEVICE_WAIT_MS (default 60000) for one; reconnect the
+ * QPs, re-post what was in flight and what was buffered, in order. 0, or ETIMEDOUT.
+ *
+ * Unplanned losses (IBV_EVENT_DEVICE_FATAL, IBV_EVENT_PORT_ERR with the device gone from the list,
+ * the device missing from a rescan, EIO/ENODEV from a real call) run the same machine from
+ * "released" on, automatically, without a call.
+ */
+int stableverbs_detach(const char *device_or_null);
+int stableverbs_attach(void);
+
+/* The last recovery's phase durations (ns) and the number of recoveries so far. */
+struct stableverbs_recovery_stats {
+	uint64_t count;          /* recoveries completed */
+	uint64_t quiesce_ns;     /* planned only */
+	uint64_t release_ns;
+	uint64_t device_wait_ns;
+	uint64_t rebuild_ns;
+	uint64_t reconnect_ns;   /* QP state transitions replayed */
+	uint64_t replay_ns;      /* work re-posted */
+	uint64_t replayed_wrs;   /* work requests re-posted by the last recovery */
+	uint32_t planned;        /* the last recovery was a detach/attach */
+	uint32_t contexts;       /* contexts the last recovery moved */
+};
+/* `size` is sizeof(struct stableverbs_recovery_stats) as the caller knows it. */
+int stableverbs_recovery_stats(struct stableverbs_recovery_stats *stats, size_t size);
 
 #ifdef __cplusplus
 }

@@ -79,8 +79,9 @@ public func sv_stableverbs_real_device_name(_ context: UnsafeMutablePointer<ibv_
     let rt = Runtime.current
     return withControlLock {
         let rec = rt.contextRecord(context)
-        guard let real = rec.device.real else { return ENOENT }
-        let n = rt.deviceName(real)
+        // The device the context lives on now (a recovery may have moved it to another name).
+        guard !rec.released, !rec.currentDeviceName.isEmpty else { return ENOENT }
+        let n = rec.currentDeviceName
         _ = n.withCString { strncpy(name, $0, len - 1) }
         name[len - 1] = 0
         return 0
@@ -159,5 +160,42 @@ public func sv_stableverbs_gid_identity(_ context: UnsafeMutablePointer<ibv_cont
 public func sv_stableverbs_rebuild_context(_ context: UnsafeMutablePointer<ibv_context>?) -> Int32 {
     guard let context, isVirtual(context) else { return EINVAL }
     let rt = Runtime.current
-    return withControlLock { rt.rebuild(rt.contextRecord(context)) }
+    return withControlLock {
+        let rec = rt.contextRecord(context)
+        // A recovery is moving this context (Recovery.swift): not now.
+        if rec.released || sv_ctx_state(rec.ptr) != SV_CTX_LIVE.rawValue { return EBUSY }
+        return rt.rebuild(rec)
+    }
+}
+
+/// stableverbs_real_object (benchmarks and diagnostics): the real object behind a virtual one.
+/// Type codes are `enum stableverbs_object_type` of include/stableverbs.h.
+@_cdecl("stableverbs_real_object")
+public func sv_stableverbs_real_object(_ type: Int32, _ object: UnsafeMutableRawPointer?,
+                                       _ real: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32 {
+    guard let object, let real else { return EINVAL }
+    func answer(_ p: UnsafeMutableRawPointer?) -> Int32 {
+        guard let p else { return ENOENT }
+        real.pointee = p
+        return 0
+    }
+    if type == 1 {  // CONTEXT
+        let c = object.assumingMemoryBound(to: ibv_context.self)
+        guard isVirtual(c) else { return EINVAL }
+        return withControlLock { answer(UnsafeMutableRawPointer(virtualContext(c).pointee.real)) }
+    }
+    guard ownedByShim(object.assumingMemoryBound(to: UnsafeMutableRawPointer?.self)) else { return EINVAL }
+    return withControlLock {
+        switch type {
+        case 2: return answer(UnsafeMutableRawPointer(object.assumingMemoryBound(to: sv_pd.self).pointee.real))
+        case 3: return answer(UnsafeMutableRawPointer(object.assumingMemoryBound(to: sv_mr.self).pointee.real))
+        case 4: return answer(UnsafeMutableRawPointer(object.assumingMemoryBound(to: sv_cq.self).pointee.real))
+        case 5: return answer(UnsafeMutableRawPointer(object.assumingMemoryBound(to: sv_cq.self).pointee.real_ex))
+        case 6: return answer(UnsafeMutableRawPointer(object.assumingMemoryBound(to: sv_srq.self).pointee.real))
+        case 7: return answer(UnsafeMutableRawPointer(object.assumingMemoryBound(to: sv_qp.self).pointee.real))
+        case 8: return answer(UnsafeMutableRawPointer(object.assumingMemoryBound(to: sv_qp.self).pointee.real_qpx))
+        case 9: return answer(UnsafeMutableRawPointer(object.assumingMemoryBound(to: sv_ah.self).pointee.real))
+        default: return EINVAL
+        }
+    }
 }

@@ -10,6 +10,9 @@
 static const char *const env_names[] = {
 	"STABLEVERBS_LOG", "STABLEVERBS_LOG_FILE", "STABLEVERBS_PASSTHROUGH",
 	"STABLEVERBS_LOWER", "STABLEVERBS_SOFTHCA",
+	/* recovery (Sources/StableVerbs/Recovery/Recovery.swift) */
+	"STABLEVERBS_MATCH", "STABLEVERBS_MATCH_WAIT_MS", "STABLEVERBS_QUIESCE_MS", "STABLEVERBS_GRACE_US",
+	"STABLEVERBS_DEVICE_WAIT_MS", "STABLEVERBS_RESCAN_MS",
 };
 #define ENV_COUNT (sizeof(env_names) / sizeof(env_names[0]))
 static char *env_values[ENV_COUNT];

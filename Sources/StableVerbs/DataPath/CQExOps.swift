@@ -4,6 +4,7 @@
 // other readers forward.
 
 import CVerbs
+import Glibc
 import StableVerbsABI
 
 @inline(__always)
@@ -14,6 +15,8 @@ func svRealCQEx(_ cq: UnsafeMutablePointer<ibv_cq_ex>?) -> UnsafeMutablePointer<
 @_cdecl("sv_op_cq_start_poll")
 public func svOpCQStartPoll(_ cq: UnsafeMutablePointer<ibv_cq_ex>?, _ attr: UnsafeMutablePointer<ibv_poll_cq_attr>?) -> Int32 {
     let c = svCQ(cq)
+    // Not LIVE (a recovery is moving the context): nothing to poll until it is rebuilt.
+    if svCtxState(c.pointee.ctx.unsafelyUnwrapped) != SV_CTX_LIVE.rawValue { return svCQStartPollNotLive(c, attr) }
     let r = c.pointee.real_ex.unsafelyUnwrapped
     let rc = r.pointee.start_poll.unsafelyUnwrapped(r, attr)
     if rc == 0 {
@@ -164,4 +167,19 @@ func svInstallCQExOps(_ cq: UnsafeMutablePointer<sv_cq>) {
     cq.pointee.cq.read_tm_info = real.read_tm_info == nil ? nil : svOpCQReadTMInfo
     cq.pointee.cq.read_completion_wallclock_ns =
         real.read_completion_wallclock_ns == nil ? nil : svOpCQReadCompletionWallclockNS
+}
+
+/// COLD: extended CQs are not drained by a recovery (phase A): while the context is quiescing or
+/// reconnecting the real CQ is polled, while released/rebuilding the CQ reads as empty.
+@inline(never)
+func svCQStartPollNotLive(_ c: UnsafeMutablePointer<sv_cq>, _ attr: UnsafeMutablePointer<ibv_poll_cq_attr>?) -> Int32 {
+    let st = svCtxState(c.pointee.ctx.unsafelyUnwrapped)
+    if st == SV_CTX_RELEASED.rawValue || st == SV_CTX_REBUILDING.rawValue { return ENOENT }
+    let r = c.pointee.real_ex.unsafelyUnwrapped
+    let rc = r.pointee.start_poll.unsafelyUnwrapped(r, attr)
+    if rc == 0 {
+        c.pointee.cq.status = r.pointee.status
+        c.pointee.cq.wr_id = r.pointee.wr_id
+    }
+    return rc
 }

@@ -36,7 +36,42 @@ public func svOpPostSend(
         return svPostSendSlow(q, wr, bad)
     }
     let real = q.pointee.real.unsafelyUnwrapped
-    return real.pointee.context.unsafelyUnwrapped.pointee.ops.post_send.unsafelyUnwrapped(real, wr, bad)
+    let post = real.pointee.context.unsafelyUnwrapped.pointee.ops.post_send.unsafelyUnwrapped
+    guard let ring = q.pointee.send_ring else { return post(real, wr, bad) }
+    // The work ring (recovery): what is posted and not yet completed, recorded before the provider
+    // sees it; dropped again from the refused WR on if the provider refuses.
+    let mark = sv_ring_record_send(ring, wr)
+    let rc = post(real, wr, bad)
+    if rc != 0 || mark == UInt64.max { svSendRingFixup(ring, mark, rc, wr, bad) }
+    return rc
+}
+
+/// COLD: the provider refused part of a recorded list, or the ring had no room (the queue can no
+/// longer be replayed after a device loss; logged by the recovery).
+@inline(never)
+func svSendRingFixup(
+    _ ring: UnsafeMutablePointer<sv_wr_ring>, _ mark: UInt64, _ rc: Int32, _ wr: UnsafeMutablePointer<ibv_send_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
+) {
+    if mark == UInt64.max {
+        sv_ring_mark_lost(ring)
+    } else {
+        sv_ring_unrecord_send(ring, mark, wr, bad?.pointee ?? wr)
+    }
+}
+
+/// The translated path with the work ring kept (cold paths, recovery).
+func svPostSendRecorded(
+    _ q: UnsafeMutablePointer<sv_qp>, _ wr: UnsafeMutablePointer<ibv_send_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
+) -> Int32 {
+    guard let ring = q.pointee.send_ring else { return svPostSendTranslated(q, wr, bad) }
+    let mark = sv_ring_record_send(ring, wr)
+    var localBad: UnsafeMutablePointer<ibv_send_wr>? = nil
+    let rc = svPostSendTranslated(q, wr, &localBad)
+    bad?.pointee = localBad
+    if rc != 0 || mark == UInt64.max { svSendRingFixup(ring, mark, rc, wr, &localBad) }
+    return rc
 }
 
 @inline(never)
@@ -45,20 +80,20 @@ func svPostSendSlow(
     _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
 ) -> Int32 {
     if svCtxState(q.pointee.ctx.unsafelyUnwrapped) != SV_CTX_LIVE.rawValue {
-        return svPostSendNotLive(q, wr, bad)
+        return svColdPostSend(q, wr, bad)
     }
-    return svPostSendTranslated(q, wr, bad)
+    return svPostSendRecorded(q, wr, bad)
 }
 
-/// COLD SLOW PATH: the context is not LIVE (quiescing, released, rebuilding, reconnecting,
-/// passthrough). For now the post is forwarded (translated) to the current real QP; the recovery
-/// issue will buffer it here instead.
+/// COLD SLOW PATH (an `svCold*` entry point: scripts/check-fastpath stops here, see its header):
+/// the context is not LIVE (quiescing, released, rebuilding, reconnecting): the
+/// recovery engine buffers the post in the QP's work ring, or posts it when the real QP exists.
 @inline(never)
-func svPostSendNotLive(
+func svColdPostSend(
     _ q: UnsafeMutablePointer<sv_qp>, _ wr: UnsafeMutablePointer<ibv_send_wr>?,
     _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
 ) -> Int32 {
-    return svPostSendTranslated(q, wr, bad)
+    return Runtime.current.postSendNotLive(q, wr, bad)
 }
 
 /// Copies, translates and posts the application's send WRs chunk by chunk.
@@ -191,7 +226,41 @@ public func svOpPostRecv(
         return svPostRecvSlow(UnsafeMutableRawPointer(q), false, wr, bad)
     }
     let real = q.pointee.real.unsafelyUnwrapped
-    return real.pointee.context.unsafelyUnwrapped.pointee.ops.post_recv.unsafelyUnwrapped(real, wr, bad)
+    let post = real.pointee.context.unsafelyUnwrapped.pointee.ops.post_recv.unsafelyUnwrapped
+    guard let ring = q.pointee.recv_ring else { return post(real, wr, bad) }
+    let mark = sv_ring_record_recv(ring, wr)
+    let rc = post(real, wr, bad)
+    if rc != 0 || mark == UInt64.max { svRecvRingFixup(ring, mark, wr, bad) }
+    return rc
+}
+
+/// COLD: see svSendRingFixup.
+@inline(never)
+func svRecvRingFixup(
+    _ ring: UnsafeMutablePointer<sv_wr_ring>, _ mark: UInt64, _ wr: UnsafeMutablePointer<ibv_recv_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
+) {
+    if mark == UInt64.max {
+        sv_ring_mark_lost(ring)
+    } else {
+        sv_ring_unrecord_recv(ring, mark, wr, bad?.pointee ?? wr)
+    }
+}
+
+/// The translated receive path with the work ring kept (cold paths, recovery).
+func svPostRecvRecorded(
+    _ object: UnsafeMutableRawPointer, _ isSRQ: Bool, _ wr: UnsafeMutablePointer<ibv_recv_wr>?,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
+) -> Int32 {
+    let ring = isSRQ ? object.assumingMemoryBound(to: sv_srq.self).pointee.recv_ring
+                     : object.assumingMemoryBound(to: sv_qp.self).pointee.recv_ring
+    guard let ring else { return svPostRecvTranslated(object, isSRQ, wr, bad) }
+    let mark = sv_ring_record_recv(ring, wr)
+    var localBad: UnsafeMutablePointer<ibv_recv_wr>? = nil
+    let rc = svPostRecvTranslated(object, isSRQ, wr, &localBad)
+    bad?.pointee = localBad
+    if rc != 0 || mark == UInt64.max { svRecvRingFixup(ring, mark, wr, &localBad) }
+    return rc
 }
 
 @_cdecl("sv_op_post_srq_recv")
@@ -206,7 +275,12 @@ public func svOpPostSRQRecv(
         return svPostRecvSlow(UnsafeMutableRawPointer(s), true, wr, bad)
     }
     let real = s.pointee.real.unsafelyUnwrapped
-    return real.pointee.context.unsafelyUnwrapped.pointee.ops.post_srq_recv.unsafelyUnwrapped(real, wr, bad)
+    let post = real.pointee.context.unsafelyUnwrapped.pointee.ops.post_srq_recv.unsafelyUnwrapped
+    guard let ring = s.pointee.recv_ring else { return post(real, wr, bad) }
+    let mark = sv_ring_record_recv(ring, wr)
+    let rc = post(real, wr, bad)
+    if rc != 0 || mark == UInt64.max { svRecvRingFixup(ring, mark, wr, bad) }
+    return rc
 }
 
 /// `object` is an sv_qp (isSRQ == false) or an sv_srq.
@@ -219,19 +293,19 @@ func svPostRecvSlow(
         ? object.assumingMemoryBound(to: sv_srq.self).pointee.ctx.unsafelyUnwrapped
         : object.assumingMemoryBound(to: sv_qp.self).pointee.ctx.unsafelyUnwrapped
     if svCtxState(ctx) != SV_CTX_LIVE.rawValue {
-        return svPostRecvNotLive(object, isSRQ, wr, bad)
+        return svColdPostRecv(object, isSRQ, wr, bad)
     }
-    return svPostRecvTranslated(object, isSRQ, wr, bad)
+    return svPostRecvRecorded(object, isSRQ, wr, bad)
 }
 
-/// COLD SLOW PATH: the context is not LIVE. For now the receives are forwarded (translated) to the
-/// current real QP/SRQ; the recovery issue will buffer them here instead.
+/// COLD SLOW PATH (`svCold*`): the context is not LIVE: buffered in the work ring by the recovery engine, or
+/// posted when the real QP/SRQ exists.
 @inline(never)
-func svPostRecvNotLive(
+func svColdPostRecv(
     _ object: UnsafeMutableRawPointer, _ isSRQ: Bool, _ wr: UnsafeMutablePointer<ibv_recv_wr>?,
     _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
 ) -> Int32 {
-    return svPostRecvTranslated(object, isSRQ, wr, bad)
+    return Runtime.current.postRecvNotLive(object, isSRQ, wr, bad)
 }
 
 @inline(never)

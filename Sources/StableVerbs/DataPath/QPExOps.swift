@@ -5,6 +5,7 @@
 // virtual AH for the real one and translates the remote QPN through the AH's peer. The rest forward.
 
 import CVerbs
+import Glibc
 import StableVerbsABI
 
 /// The sv_qp behind the application's ibv_qp_ex, and its real ibv_qp_ex.
@@ -277,8 +278,20 @@ func svSetSGEListTranslated(
 
 @_cdecl("sv_op_wr_start")
 public func svOpWrStart(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?) {
+    if svCtxState(svQP(qpx).pointee.ctx.unsafelyUnwrapped) != SV_CTX_LIVE.rawValue { svWrStartNotLive(svQP(qpx)) }
     let r = svRealQPEx(qpx)
     r.pointee.wr_start.unsafelyUnwrapped(r)
+}
+
+/// COLD: a batch of ibv_wr_* posts starts while the context is not LIVE. The builders write into
+/// the real QP's queue, which does not exist while released: wait until the context is LIVE again
+/// (phase A does not buffer or record ibv_wr_* work; see Recovery.swift).
+@inline(never)
+func svWrStartNotLive(_ q: UnsafeMutablePointer<sv_qp>) {
+    while svCtxState(q.pointee.ctx.unsafelyUnwrapped) != SV_CTX_LIVE.rawValue
+        && svCtxState(q.pointee.ctx.unsafelyUnwrapped) != SV_CTX_PASSTHROUGH.rawValue {
+        usleep(1000)
+    }
 }
 
 @_cdecl("sv_op_wr_complete")

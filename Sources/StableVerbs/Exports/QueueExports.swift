@@ -55,7 +55,7 @@ public func sv_ibv_get_cq_event(_ channel: UnsafeMutablePointer<ibv_comp_channel
         guard let f = rt.ops.get_cq_event else { setErrno(ENOSYS); return -1 }
         return f(channel, cq, cqContext)
     }
-    return rt.getCQEvent(channel, cq, cqContext)
+    return rt.getCQEventSafely(UnsafeMutableRawPointer(channel).assumingMemoryBound(to: sv_comp_channel.self), cq, cqContext)
 }
 
 @_cdecl("ibv_ack_cq_events")

@@ -9,6 +9,8 @@ final class ChannelRecord {
     let ptr: UnsafeMutablePointer<sv_comp_channel>
     let sequence: UInt64
     unowned let context: ContextRecord
+    /// Threads inside the real get_cq_event on this channel (a release waits for them).
+    var inCall = 0
 
     init(ptr: UnsafeMutablePointer<sv_comp_channel>, sequence: UInt64, context: ContextRecord) {
         self.ptr = ptr

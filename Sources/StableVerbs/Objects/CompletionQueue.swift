@@ -19,6 +19,13 @@ final class CQRecord {
     var journal = Journal()
     var completionEvents = EventLedger()
     var asyncEvents = EventLedger()
+    /// Completions a recovery took from the real CQ before releasing it (virtual terms), served
+    /// to the application first; their count is mirrored in sv_cq.pending for the data path.
+    var pending: [ibv_wc] = []
+    /// A completion event is owed to a waiter on the channel (pending completions across a recovery).
+    var owedEvent = false
+
+    func publishPending() { sv_cq_set_pending(ptr, UInt32(pending.count)) }
 
     init(ptr: UnsafeMutablePointer<sv_cq>, sequence: UInt64, context: ContextRecord, channel: ChannelRecord?,
          cqe: Int32, compVector: UInt32, ex: ibv_cq_init_attr_ex?) {
@@ -122,6 +129,7 @@ extension Runtime {
     /// Forgets a CQ whose real object is gone.
     func forgetCQ(_ rec: CQRecord) {
         rec.context.cqs[key(rec.ptr)] = nil
+        dropQueuedEvents(rec.context, object: UnsafeMutableRawPointer(rec.ptr))
         pthread_mutex_destroy(rec.ptr.pointer(to: \.cq.mutex)!)
         pthread_cond_destroy(rec.ptr.pointer(to: \.cq.cond)!)
         free(rec.ptr)

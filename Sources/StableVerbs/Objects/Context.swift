@@ -50,6 +50,19 @@ final class ContextRecord {
     var ahs: [UInt: AHRecord] = [:]
 
     // Virtual values in use (virtual = real at creation unless taken).
+    // Recovery (Recovery/Recovery.swift).
+    /// The fd the application sees as async_fd: the shim's eventfd, one count per queued event.
+    var asyncFD: Int32 = -1
+    /// Async events for the application, in virtual terms.
+    var asyncQueue: [ibv_async_event] = []
+    /// Name of the real device the context lives on now (differs from device.name after a move
+    /// to another device).
+    var currentDeviceName = ""
+    /// Every real object destroyed and the real context closed (RELEASED; `real` is stale).
+    var released = false
+    /// Released by stableverbs_detach: waits for stableverbs_attach (no automatic rebuild).
+    var plannedHold = false
+
     var qpns = VirtualNamespace(limit: 0x00FF_FFFF, reserved: [0, 1])
     var lkeys = VirtualNamespace(limit: 0xFFFF_FFFF, reserved: [])
     var rkeys = VirtualNamespace(limit: 0xFFFF_FFFF, reserved: [])
@@ -125,6 +138,7 @@ extension Runtime {
         c.pointee.core = opaque(rec)
         loadIdentities(rec, first: true)
         contexts[key(c)] = rec
+        prepareRecovery(rec)
         publishLIDs()
         Log.info("opened \(device.name): context \(String(UInt(bitPattern: rec.publicContext), radix: 16)), \(rec.ports.count) port(s)")
         return rec.publicContext
@@ -213,15 +227,18 @@ extension Runtime {
 
     func closeContext(_ rec: ContextRecord) -> Int32 {
         guard let close = ops.close_device else { return ENOSYS }
-        let rc = close(rec.real)
-        if rc != 0 { return rc }
+        if !rec.released {
+            let rc = close(rec.real)
+            if rc != 0 { return rc }
+        }
         contexts[key(rec.ptr)] = nil
         // Peers of other contexts that pointed here forget it (identity from now on).
         detachPeers(of: rec)
         for r in rec.mrs.values { free(r.ptr) }
         for r in rec.ahs.values { free(r.ptr) }
-        for r in rec.qps.values { destroyQPStruct(r.ptr) }
-        for r in rec.srqs.values { free(r.ptr) }
+        for r in rec.qps.values { detachRings(r.ptr); destroyQPStruct(r.ptr) }
+        for r in rec.srqs.values { sv_ring_destroy(r.ptr.pointee.recv_ring); free(r.ptr) }
+        finishRecovery(rec)
         for r in rec.cqs.values { free(r.ptr) }
         for r in rec.channels.values { free(r.ptr) }
         for r in rec.pds.values { free(r.ptr) }

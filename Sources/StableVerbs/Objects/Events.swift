@@ -91,70 +91,29 @@ extension Runtime {
         if forward > 0, let real { ops.ack_cq_events?(real, forward) }
     }
 
+    /// ibv_get_async_event on a virtual context: the events the recovery watcher read from the real
+    /// async fd and forwarded (Recovery.swift); the ones caused by the shim's own recovery are not.
     func getAsyncEvent(_ ctx: ContextRecord, _ event: UnsafeMutablePointer<ibv_async_event>) -> Int32 {
-        guard let get = ops.get_async_event else {
+        guard ops.get_async_event != nil else {
             setErrno(ENOSYS)
             return -1
         }
-        let real = withControlLock { ctx.real }
-        let rc = get(real, event)
-        if rc != 0 { return rc }
-        withControlLock {
-            switch EventKind(event.pointee.event_type) {
-            case .cq:
-                if let r = event.pointee.element.cq, let v = r.pointee.cq_context?.assumingMemoryBound(to: sv_cq.self),
-                   let core = v.pointee.core {
-                    event.pointee.element.cq = UnsafeMutableRawPointer(v).assumingMemoryBound(to: ibv_cq.self)
-                    record(core, as: CQRecord.self).asyncEvents.delivered()
-                }
-            case .qp:
-                if let r = event.pointee.element.qp, let v = r.pointee.qp_context?.assumingMemoryBound(to: sv_qp.self),
-                   let core = v.pointee.core {
-                    event.pointee.element.qp = UnsafeMutableRawPointer(v).assumingMemoryBound(to: ibv_qp.self)
-                    record(core, as: QPRecord.self).asyncEvents.delivered()
-                }
-            case .srq:
-                if let r = event.pointee.element.srq, let v = r.pointee.srq_context?.assumingMemoryBound(to: sv_srq.self),
-                   let core = v.pointee.core {
-                    event.pointee.element.srq = UnsafeMutableRawPointer(v).assumingMemoryBound(to: ibv_srq.self)
-                    record(core, as: SRQRecord.self).asyncEvents.delivered()
-                }
-            case .wq, .port, .device:
-                break
-            }
-        }
-        Log.info("async event \(event.pointee.event_type.rawValue) on \(ctx.device.name)")
-        return rc
+        return getQueuedAsyncEvent(ctx, event)
     }
 
     func ackAsyncEvent(_ event: UnsafeMutablePointer<ibv_async_event>) {
+        // Events of virtual contexts come from the shim's queue; the watcher acknowledged the real
+        // event when it read it (Recovery.swift), so the application's ack ends here. Only
+        // pass-through events (real objects) are forwarded.
         guard let ack = ops.ack_async_event else { return }
-        var copy = event.pointee
-        var forward = true
-        withControlLock {
-            switch EventKind(copy.event_type) {
-            case .cq:
-                if let v = copy.element.cq, isVirtual(v.pointee.context) {
-                    let s = UnsafeMutableRawPointer(v).assumingMemoryBound(to: sv_cq.self)
-                    forward = record(s.pointee.core, as: CQRecord.self).asyncEvents.acknowledge(1) > 0
-                    copy.element.cq = s.pointee.real
-                }
-            case .qp:
-                if let v = copy.element.qp, isVirtual(v.pointee.context) {
-                    let s = UnsafeMutableRawPointer(v).assumingMemoryBound(to: sv_qp.self)
-                    forward = record(s.pointee.core, as: QPRecord.self).asyncEvents.acknowledge(1) > 0
-                    copy.element.qp = s.pointee.real
-                }
-            case .srq:
-                if let v = copy.element.srq, isVirtual(v.pointee.context) {
-                    let s = UnsafeMutableRawPointer(v).assumingMemoryBound(to: sv_srq.self)
-                    forward = record(s.pointee.core, as: SRQRecord.self).asyncEvents.acknowledge(1) > 0
-                    copy.element.srq = s.pointee.real
-                }
-            case .wq, .port, .device:
-                break
-            }
+        let e = event.pointee
+        let owned: Bool
+        switch EventKind(e.event_type) {
+        case .cq: owned = e.element.cq.map { isVirtual($0.pointee.context) } ?? false
+        case .qp: owned = e.element.qp.map { isVirtual($0.pointee.context) } ?? false
+        case .srq: owned = e.element.srq.map { isVirtual($0.pointee.context) } ?? false
+        case .wq, .port, .device: owned = !passthrough
         }
-        if forward { ack(&copy) }
+        if !owned { ack(event) }
     }
 }

@@ -131,6 +131,15 @@ extension Runtime {
             p.pointee.real_qpx = realEx
             DataPath.installExtendedOps(qp: p)
         }
+        if !attachRings(rec, cap: cap) {
+            _ = ops.destroy_qp?(real)
+            IdentityMap.remove(ctx.qpnUpMap, key: realQPN)
+            IdentityMap.remove(ctx.qpnMap, key: vqpn)
+            ctx.qpns.release(vqpn)
+            destroyQPStruct(p)
+            setErrno(ENOMEM)
+            return nil
+        }
         ctx.qps[key(p)] = rec
         Log.debug("create_qp type \(attr.qp_type.rawValue): qpn \(hex(vqpn)) (real \(hex(realQPN)))")
         return rec.publicQP
@@ -216,6 +225,8 @@ extension Runtime {
         IdentityMap.remove(ctx.qpnMap, key: rec.virtualQPN)
         ctx.qpns.release(rec.virtualQPN)
         ctx.qps[key(rec.ptr)] = nil
+        dropQueuedEvents(ctx, object: UnsafeMutableRawPointer(rec.ptr))
+        detachRings(rec.ptr)
         destroyQPStruct(rec.ptr)
     }
 

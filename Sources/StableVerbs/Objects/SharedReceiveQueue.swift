@@ -93,6 +93,8 @@ extension Runtime {
         p.pointee.ctx = ctx.ptr
         let rec = SRQRecord(ptr: p, sequence: sequence(), context: ctx, pd: pd, attr: requested, ex: ex)
         p.pointee.core = opaque(rec)
+        // The SRQ's work ring (recovery): receives posted and not yet completed.
+        p.pointee.recv_ring = sv_ring_create(actual.max_wr, max(actual.max_sge, 1), 0, 0, 0)
         ctx.srqs[key(p)] = rec
         return rec.publicSRQ
     }
@@ -107,6 +109,8 @@ extension Runtime {
 
     func forgetSRQ(_ rec: SRQRecord) {
         rec.context.srqs[key(rec.ptr)] = nil
+        dropQueuedEvents(rec.context, object: UnsafeMutableRawPointer(rec.ptr))
+        sv_ring_destroy(rec.ptr.pointee.recv_ring)
         pthread_mutex_destroy(rec.ptr.pointer(to: \.srq.mutex)!)
         pthread_cond_destroy(rec.ptr.pointer(to: \.srq.cond)!)
         free(rec.ptr)

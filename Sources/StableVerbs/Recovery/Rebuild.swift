@@ -24,14 +24,27 @@ import Glibc
 import StableVerbsABI
 
 extension Runtime {
+    /// stableverbs_rebuild_context: the live context's real objects made again on the device of
+    /// the same name; LIVE afterwards.
     func rebuild(_ ctx: ContextRecord) -> Int32 {
+        var reconnect: UInt64 = 0
+        return rebuild(ctx, on: nil, finalState: SV_CTX_LIVE.rawValue, reconnectNS: &reconnect)
+    }
+
+    /// The rebuild proper. `device`: the real device to rebuild on (nil: the one carrying the
+    /// context's name). A released context (ctx.released, Recovery.swift) has no old real objects:
+    /// nothing is destroyed, the fd numbers held by placeholders get the new files. The state ends
+    /// at `finalState`; `reconnectNS` receives the time spent replaying the QPs' journals.
+    func rebuild(_ ctx: ContextRecord, on device: UnsafeMutablePointer<ibv_device>?, finalState: UInt32,
+                 reconnectNS: inout UInt64) -> Int32 {
+        let released = ctx.released
         let blocked = ctx.qps.values.filter { $0.isConnected && $0.external }
         if !blocked.isEmpty {
             Log.warn("rebuild of \(ctx.device.name) refused: \(blocked.count) QP(s) connected outside this process (ENOTSUP until the peer protocol exists)")
             return ENOTSUP
         }
         guard let open = ops.open_device, let close = ops.close_device else { return ENOSYS }
-        guard let realDevice = currentRealDevice(ctx.device) else { return ENODEV }
+        guard let realDevice = device ?? currentRealDevice(ctx.device) else { return ENODEV }
         guard let newCtx = open(realDevice) else { return nonzeroErrno() }
 
         let pds = ctx.nextOrder(ctx.pds) { $0.sequence }
@@ -116,8 +129,12 @@ extension Runtime {
         // 3. Commit.
         sv_ctx_set_state(ctx.ptr, SV_CTX_REBUILDING.rawValue)
         let oldCtx = ctx.real
-        keepFD(virtual: &ctx.ptr.pointee.vctx.context.async_fd, old: &oldCtx.pointee.async_fd, new: &newCtx.pointee.async_fd)
+        // The application's async fd is the shim's own eventfd (Recovery.swift): the new real one
+        // is read by the watcher, non-blocking.
+        setNonBlocking(newCtx.pointee.async_fd)
         ctx.ptr.pointee.real = newCtx
+        ctx.currentDeviceName = deviceName(realDevice)
+        ctx.released = false
         ctx.ptr.pointee.real_vctx = verbs_get_ctx(newCtx)
         ctx.ptr.pointee.vctx.context.cmd_fd = newCtx.pointee.cmd_fd
         ctx.ptr.pointee.vctx.context.num_comp_vectors = newCtx.pointee.num_comp_vectors
@@ -142,8 +159,12 @@ extension Runtime {
         for ch in channels {
             let old = ch.real
             let n = newChannel[key(ch.ptr)]!
-            keepFD(virtual: &ch.ptr.pointee.channel.fd, old: &old.pointee.fd, new: &n.pointee.fd)
-            oldChannel.append(old)
+            if released {
+                keepFDOverPlaceholder(virtual: &ch.ptr.pointee.channel.fd, new: &n.pointee.fd)
+            } else {
+                keepFD(virtual: &ch.ptr.pointee.channel.fd, old: &old.pointee.fd, new: &n.pointee.fd)
+                oldChannel.append(old)
+            }
             ch.ptr.pointee.real = n
         }
         var oldCQ: [(UnsafeMutablePointer<ibv_cq>, UInt32, UInt32)] = []
@@ -170,6 +191,7 @@ extension Runtime {
             let n = newQP[key(qp.ptr)]!
             oldQP.append((old, qp.asyncEvents.settleForRebuild()))
             IdentityMap.remove(ctx.qpnUpMap, key: qp.ptr.pointee.real_qpn)
+            sv_qp_index_remove(ctx.ptr, qp.ptr.pointee.real_qpn)
             qp.ptr.pointee.real = n
             qp.ptr.pointee.real_qpn = n.pointee.qp_num
             qp.ptr.pointee.qpx.qp_base.handle = n.pointee.handle
@@ -179,21 +201,25 @@ extension Runtime {
         for qp in qps {
             IdentityMap.set(ctx.qpnUpMap, key: qp.ptr.pointee.real_qpn, value: qp.virtualQPN)
             IdentityMap.set(ctx.qpnMap, key: qp.virtualQPN, value: qp.ptr.pointee.real_qpn)
+            if qp.ptr.pointee.send_ring != nil { _ = sv_qp_index_insert(ctx.ptr, qp.ptr.pointee.real_qpn, qp.ptr) }
         }
         loadIdentities(ctx, first: false)
         publishLIDs()
         ctx.ptr.pointee.generation &+= 1
 
         // 4. Replay.
+        let reconnectStart = monotonicNS()
         var failures = 0
         for qp in qps {
             failures += replay(qp, on: qp.real, resetFirst: false)
         }
-        for other in orderedContexts() where other !== ctx {
+        for other in orderedContexts() where other !== ctx && !other.released {
             for qp in other.nextOrder(other.qps, { $0.sequence }) where qp.peerContext === ctx && qp.journal.count > 0 {
                 failures += replay(qp, on: qp.real, resetFirst: true)
             }
         }
+
+        reconnectNS = monotonicNS() &- reconnectStart
 
         // 5. Address handles.
         var oldAH: [UnsafeMutablePointer<ibv_ah>] = []
@@ -204,13 +230,13 @@ extension Runtime {
                 Log.error("rebuild of \(ctx.device.name): an address handle could not be made again (errno \(currentErrno()))")
                 continue
             }
-            oldAH.append(ah.real)
+            if !released { oldAH.append(ah.real) }
             ah.ptr.pointee.real = n
             ah.ptr.pointee.ah.handle = n.pointee.handle
             ah.peerContext = peer
             storePeer(ah.ptr.pointer(to: \.peer)!, peer?.peerIDs)
         }
-        for other in orderedContexts() where other !== ctx {
+        for other in orderedContexts() where other !== ctx && !other.released {
             for ah in other.ahs.values where ah.peerContext === ctx {
                 let (made, peer) = makeRealAH(ah.pd.real, ah.attr)
                 guard let n = made else { failures += 1; continue }
@@ -223,7 +249,8 @@ extension Runtime {
             }
         }
 
-        // 6. The old real objects go.
+        // 6. The old real objects go (a released context has none).
+        if !released {
         for a in oldAH { _ = ops.destroy_ah?(a) }
         for (q, asyncOwed) in oldQP {
             ackAsync(owed: asyncOwed, type: IBV_EVENT_QP_FATAL) { $0.element.qp = q }
@@ -242,13 +269,14 @@ extension Runtime {
         for m in oldMR { _ = ops.dereg_mr?(m) }
         for p in oldPD { _ = ops.dealloc_pd?(p) }
         _ = close(oldCtx)
+        }
 
         for cq in cqs where cq.channel != nil {
             let real = cq.real
             _ = real.pointee.context?.pointee.ops.req_notify_cq?(real, 0)
         }
-        sv_ctx_set_state(ctx.ptr, SV_CTX_LIVE.rawValue)
-        Log.info("rebuilt \(ctx.device.name): generation \(ctx.generation), \(pds.count) PD, \(mrs.count) MR, \(cqs.count) CQ, \(srqs.count) SRQ, \(qps.count) QP, \(ahs.count) AH\(failures > 0 ? ", \(failures) replay failure(s)" : "")")
+        sv_ctx_set_state(ctx.ptr, finalState)
+        Log.info("rebuilt \(ctx.device.name)\(ctx.currentDeviceName != ctx.device.name ? " on \(ctx.currentDeviceName)" : ""): generation \(ctx.generation), \(pds.count) PD, \(mrs.count) MR, \(cqs.count) CQ, \(srqs.count) SRQ, \(qps.count) QP, \(ahs.count) AH\(failures > 0 ? ", \(failures) replay failure(s)" : "")")
         return failures > 0 ? EIO : 0
     }
 
@@ -279,6 +307,20 @@ extension Runtime {
         e.event_type = type
         fill(&e)
         for _ in 0..<owed { ack(&e) }
+    }
+
+    /// After a release: the number the application holds has a placeholder; the new file takes it.
+    private func keepFDOverPlaceholder(virtual: inout Int32, new: inout Int32) {
+        let number = virtual
+        guard number >= 0, new >= 0, number != new else { return }
+        let flags = fcntl(number, F_GETFL)
+        if flags >= 0 { _ = fcntl(new, F_SETFL, flags) }
+        if dup2(new, number) >= 0 {
+            Glibc.close(new)
+            new = number
+        } else {
+            virtual = new
+        }
     }
 
     /// Keeps the fd number the application holds (`virtual`, equal to `old`) while the file under

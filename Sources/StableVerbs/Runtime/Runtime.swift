@@ -45,6 +45,8 @@ final class Runtime {
     var devices = DeviceTable()
     var contexts: [UInt: ContextRecord] = [:]
     var nextSequence: UInt64 = 0
+    /// The recovery engine's state (Recovery/Recovery.swift).
+    let recovery = RecoveryState()
 
     init(configuration: Configuration, lower: UnsafePointer<sv_lower>?, extra: sv_lower_extra, failure: String?) {
         self.configuration = configuration

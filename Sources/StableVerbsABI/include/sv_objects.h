@@ -118,7 +118,90 @@ struct sv_context {
 	struct sv_idmap lid_down;  /* virtual LID -> real LID (modify_qp, AH attributes) */
 	struct sv_peer_ids ids;    /* this context's own rkeys/QPNs, for local peers */
 	void *core;
+	struct sv_qp_index_slot *qp_index; /* SV_QP_INDEX_CAPACITY slots (recovery work rings) */
 };
+
+/* ---------------------------------------------------------------------------------------------
+ * Work rings (recovery, DESIGN §4): per send queue / receive queue / SRQ, a preallocated FIFO of
+ * the work requests posted and not yet seen completed, plus those buffered while the context was
+ * not LIVE. The poster appends (tail) before it hands the list to the provider; the poller retires
+ * entries (head) as it sees their completions; a recovery re-posts [head, tail) in order.
+ * Single producer, single consumer: one thread posting to a queue at a time, one thread polling
+ * the completions of a queue at a time (documented limits). No allocation, no locks.
+ * Entry layout: struct sv_ring_entry, then max_sge struct ibv_sge, then max_inline bytes.
+ * ------------------------------------------------------------------------------------------- */
+struct sv_context;
+struct sv_qp;
+
+struct sv_ring_entry {
+	union {
+		struct ibv_send_wr send;
+		struct ibv_recv_wr recv;
+	} wr;
+	uint32_t done;      /* completion seen (out-of-order retirement on SRQs) */
+	uint32_t inline_len; /* bytes of inline data kept after the SGEs (send, IBV_SEND_INLINE) */
+};
+
+struct sv_wr_ring {
+	_Atomic(uint64_t) head;  /* oldest entry not yet retired (poller) */
+	uint64_t pad0[7];
+	_Atomic(uint64_t) tail;  /* next free entry (poster) */
+	uint64_t pad1[7];
+	uint32_t capacity;       /* entries, a power of two */
+	uint32_t max_sge;
+	uint32_t max_inline;
+	uint32_t entry_size;
+	uint32_t is_send;
+	uint32_t sig_all;        /* sq_sig_all: every send is signaled */
+	_Atomic(uint32_t) lost;  /* a post could not be recorded: this queue cannot be replayed */
+	uint32_t reserved;
+	unsigned char *entries;
+};
+
+/* Allocation (control path). NULL on ENOMEM. */
+struct sv_wr_ring *sv_ring_create(uint32_t depth, uint32_t max_sge, uint32_t max_inline, int is_send, int sig_all);
+void sv_ring_destroy(struct sv_wr_ring *r);
+static inline struct sv_ring_entry *sv_ring_at(struct sv_wr_ring *r, uint64_t i)
+{
+	return (struct sv_ring_entry *)(r->entries + (size_t)(i & (r->capacity - 1)) * r->entry_size);
+}
+static inline struct ibv_sge *sv_ring_sges(struct sv_ring_entry *e) { return (struct ibv_sge *)(e + 1); }
+static inline uint64_t sv_ring_head(struct sv_wr_ring *r) { return atomic_load_explicit(&r->head, memory_order_acquire); }
+static inline uint64_t sv_ring_tail(struct sv_wr_ring *r) { return atomic_load_explicit(&r->tail, memory_order_acquire); }
+
+/* Data path (no allocation, no locks). Record: appends every WR of the list; returns the tail
+ * before the append (for sv_ring_unrecord), or UINT64_MAX when the ring had no room (nothing
+ * appended; the caller decides: the fast path posts anyway and marks the ring lost, the cold
+ * path answers ENOMEM like a full queue). */
+uint64_t sv_ring_record_send(struct sv_wr_ring *r, const struct ibv_send_wr *wr);
+uint64_t sv_ring_record_recv(struct sv_wr_ring *r, const struct ibv_recv_wr *wr);
+/* The provider refused the list from `bad` on: drop the entries recorded for it and after it. */
+void sv_ring_unrecord_send(struct sv_wr_ring *r, uint64_t old_tail, const struct ibv_send_wr *wr,
+			   const struct ibv_send_wr *bad);
+void sv_ring_unrecord_recv(struct sv_wr_ring *r, uint64_t old_tail, const struct ibv_recv_wr *wr,
+			   const struct ibv_recv_wr *bad);
+
+/* Completions (poll path): retires the ring entries the completions stand for. `wc` holds real
+ * QP numbers. Returns the index of the first completion with an error status (its entries are
+ * not retired: the caller decides whether the error is the device's), or n. */
+int sv_ring_retire(struct sv_context *ctx, const struct ibv_wc *wc, int n);
+/* One completion: retires its entries (error completions too). */
+void sv_ring_retire_one(struct sv_context *ctx, const struct ibv_wc *wc);
+
+/* eventfd(0, EFD_CLOEXEC | (semaphore ? EFD_SEMAPHORE : 0) | (nonblock ? EFD_NONBLOCK : 0)). */
+int sv_eventfd(int semaphore, int nonblock);
+
+/* Real QPN -> virtual QP, per context, for the poll path (fixed capacity, lock-free readers,
+ * writers under the control lock). */
+#define SV_QP_INDEX_CAPACITY 8192u
+struct sv_qp_index_slot {
+	_Atomic(uint32_t) qpn;   /* 0: empty, 0xFFFFFFFF: removed */
+	uint32_t reserved;
+	_Atomic(struct sv_qp *) qp;
+};
+int sv_qp_index_insert(struct sv_context *ctx, uint32_t real_qpn, struct sv_qp *qp);
+void sv_qp_index_remove(struct sv_context *ctx, uint32_t real_qpn);
+struct sv_qp *sv_qp_index_find(struct sv_context *ctx, uint32_t real_qpn);
 
 struct sv_pd {
 	struct ibv_pd pd;
@@ -147,6 +230,8 @@ struct sv_cq {
 	struct ibv_cq_ex *real_ex; /* set when created through create_cq_ex */
 	struct sv_context *ctx;
 	void *core;
+	_Atomic(uint32_t) pending; /* completions the recovery kept for the application (poll them first) */
+	uint32_t reserved;
 };
 
 struct sv_srq {
@@ -154,6 +239,7 @@ struct sv_srq {
 	struct ibv_srq *real;
 	struct sv_context *ctx;
 	void *core;
+	struct sv_wr_ring *recv_ring;
 };
 
 struct sv_ah {
@@ -173,6 +259,8 @@ struct sv_qp {
 	uint32_t real_qpn;
 	uint32_t reserved;
 	void *core;
+	struct sv_wr_ring *send_ring; /* NULL: not tracked */
+	struct sv_wr_ring *recv_ring; /* the QP's own, or its SRQ's */
 };
 
 static inline struct sv_context *sv_context_of(struct ibv_context *c)
@@ -203,6 +291,19 @@ static inline uint32_t sv_ctx_state(const struct sv_context *c)
 static inline void sv_ctx_set_state(struct sv_context *c, uint32_t s)
 {
 	atomic_store_explicit(&c->state, s, memory_order_release);
+}
+
+static inline void sv_cq_set_pending(struct sv_cq *c, uint32_t n)
+{
+	atomic_store_explicit(&c->pending, n, memory_order_release);
+}
+static inline void sv_ring_mark_lost(struct sv_wr_ring *r)
+{
+	atomic_store_explicit(&r->lost, 1, memory_order_relaxed);
+}
+static inline uint32_t sv_ring_is_lost(struct sv_wr_ring *r)
+{
+	return atomic_load_explicit(&r->lost, memory_order_relaxed);
 }
 
 /* Fills the verbs_context header of a fresh virtual context: sz, abi_compat = extended marker,

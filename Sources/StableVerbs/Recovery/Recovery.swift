@@ -1,0 +1,979 @@
+// The recovery engine (DESIGN §4), phase A: recovery inside one process.
+//
+// States of a context (sv_context.state; anything but LIVE sends the data path to its cold paths):
+//
+//     LIVE ──planned──▶ QUIESCING ──▶ RELEASED ──▶ REBUILDING ──▶ RECONNECTING ──▶ LIVE
+//       └──unplanned (device fatal, port error with the device gone, EIO/ENODEV)──▶ RELEASED
+//
+//   QUIESCING   new posts are buffered in the queue's work ring (not given to hardware); the engine
+//               drains the real CQs into per-CQ pending queues until every send handed to hardware
+//               has completed, or STABLEVERBS_QUIESCE_MS passed (what is left is replayed).
+//   RELEASED    every real object destroyed and the device context closed (an rxe removal, a VF
+//               detach, can complete). Completion-channel fd numbers are held by placeholders; the
+//               async fd the application sees is the shim's own eventfd. Posts are buffered; polls
+//               serve the pending completions.
+//   REBUILDING  waiting for a device that matches STABLEVERBS_MATCH (polling the device list with
+//               a bounded backoff), then Rebuild.swift makes every real object again.
+//   RECONNECTING the QPs' journals are replayed (reconnect to the rebuilt local peers), then the work
+//               rings are re-posted: every receive not completed, then every send not completed,
+//               then what was buffered, in order. Then LIVE.
+//
+// Recoveries act on a *group*: the contexts named (or whose device failed) and every context with a
+// connection or address handle into them, so both ends of an in-process connection move together.
+//
+// Threads. One watcher thread (started with the first virtual context) poll()s every live context's
+// real async fd (non-blocking) and a wake eventfd: it forwards ordinary async events to the
+// application's queue, swallows the ones the shim's recovery answers (DEVICE_FATAL; PORT_ERR when
+// the device left the device list), and runs unplanned recoveries. It also rescans the device list
+// every STABLEVERBS_RESCAN_MS (default 500) to notice a device that vanished without an event.
+// Planned recoveries run on the caller's thread (stableverbs_detach / stableverbs_attach). One
+// recovery at a time (recoveryMutex); object state changes under the control lock.
+//
+// Limits (phase A, documented in the report and README of the issue):
+// - the data path races the state flip: a post or poll that read LIVE just before the flip may
+//   still be inside the provider; the engine waits a grace period (STABLEVERBS_GRACE_US, 2000 µs)
+//   before touching real objects. A per-thread epoch would make this exact.
+// - work rings are single-producer/single-consumer per queue (one posting thread per queue, one
+//   polling thread per CQ at a time); QPs whose CQs are extended (ibv_create_cq_ex) and work posted
+//   with the ibv_wr_* API are not recorded: ibv_wr_start waits while the context is not LIVE, and
+//   in-flight ibv_wr_* work is not replayed after an unplanned loss.
+// - unplanned loss: a send whose data reached the peer but whose completion was lost with the
+//   device is replayed (a duplicate; atomics executed twice). Exact counts need the peer protocol
+//   (phase B). On the software HCA transfers are synchronous, so this cannot happen there.
+// - QPs connected outside this process are not recovered (phase B: the peer protocol).
+// - application control verbs (create/modify/destroy/query) issued while a context is not LIVE
+//   are not held back.
+
+import CVerbs
+import Glibc
+import StableVerbsABI
+
+/// Phase durations of one recovery, in nanoseconds.
+struct RecoveryTimes {
+    var quiesce: UInt64 = 0
+    var release: UInt64 = 0
+    var deviceWait: UInt64 = 0
+    var rebuild: UInt64 = 0
+    var reconnect: UInt64 = 0
+    var replay: UInt64 = 0
+}
+
+struct RecoveryStats {
+    var count: UInt64 = 0
+    var last = RecoveryTimes()
+    var lastPlanned = false
+    var lastContexts: UInt32 = 0
+    var lastReplayed: UInt64 = 0
+    var lastError: Int32 = 0
+}
+
+enum MatchPolicy {
+    case name, guid, any, nameThenAny
+
+    init(_ s: String?) {
+        switch s?.lowercased() {
+        case "name": self = .name
+        case "guid": self = .guid
+        case "any": self = .any
+        default: self = .nameThenAny
+        }
+    }
+}
+
+/// Recovery state of the runtime (control lock, except where noted).
+final class RecoveryState {
+    var stats = RecoveryStats()
+    var watcherStarted = false
+    /// Wakes the watcher (eventfd).
+    var wakeFD: Int32 = -1
+    /// Contexts an unplanned recovery must take (keys of sv_context).
+    var triggered: Set<UInt> = []
+    /// Readable (never reset) once a recovery finished: threads waiting for a completion event on
+    /// a channel poll it too, and re-poll the channel's (new) file. Replaced at every recovery.
+    var epochFD: Int32 = -1
+    var retiredEpochs: [Int32] = []
+    /// Quiesce/release durations of a detach, for the attach that completes the recovery.
+    var pendingTimes: RecoveryTimes?
+    let policy: MatchPolicy
+    let quiesceNS: UInt64
+    let graceUS: UInt32
+    let deviceWaitNS: UInt64
+    let matchWaitNS: UInt64
+    let rescanNS: UInt64
+    /// Serialises recoveries (not the control lock: device waits run without that).
+    let mutex: UnsafeMutablePointer<pthread_mutex_t>
+
+    init() {
+        func number(_ name: String, _ def: UInt64) -> UInt64 {
+            guard let s = Configuration.environment(name), let v = UInt64(s) else { return def }
+            return v
+        }
+        policy = MatchPolicy(Configuration.environment("STABLEVERBS_MATCH"))
+        quiesceNS = number("STABLEVERBS_QUIESCE_MS", 2000) * 1_000_000
+        graceUS = UInt32(min(number("STABLEVERBS_GRACE_US", 2000), 1_000_000))
+        deviceWaitNS = number("STABLEVERBS_DEVICE_WAIT_MS", 60_000) * 1_000_000
+        matchWaitNS = number("STABLEVERBS_MATCH_WAIT_MS", 1000) * 1_000_000
+        rescanNS = number("STABLEVERBS_RESCAN_MS", 500) * 1_000_000
+        mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+        epochFD = sv_eventfd(0, 0)
+    }
+}
+
+func monotonicNS() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+func sleepNS(_ ns: UInt64) {
+    var ts = timespec(tv_sec: Int(ns / 1_000_000_000), tv_nsec: Int(ns % 1_000_000_000))
+    var rem = timespec()
+    while nanosleep(&ts, &rem) != 0 && currentErrno() == EINTR { ts = rem }
+}
+
+private func signalFD(_ fd: Int32) {
+    var one: UInt64 = 1
+    _ = write(fd, &one, 8)
+}
+
+private func drainFD(_ fd: Int32) {
+    var v: UInt64 = 0
+    while read(fd, &v, 8) == 8 {}
+}
+
+extension Runtime {
+    // MARK: - Context set-up (called by openContext / closeContext)
+
+    /// Gives a new virtual context what recovery needs: the application's async fd (the shim's
+    /// eventfd), the real-QPN index, a non-blocking real async fd; starts the watcher.
+    func prepareRecovery(_ rec: ContextRecord) {
+        let efd = sv_eventfd(1, 0)
+        if efd >= 0 {
+            rec.asyncFD = efd
+            rec.ptr.pointee.vctx.context.async_fd = efd
+        }
+        rec.ptr.pointee.qp_index = calloc(Int(SV_QP_INDEX_CAPACITY), MemoryLayout<sv_qp_index_slot>.stride)?
+            .assumingMemoryBound(to: sv_qp_index_slot.self)
+        rec.currentDeviceName = rec.device.name
+        setNonBlocking(rec.real.pointee.async_fd)
+        startWatcher()
+        wakeWatcher()
+    }
+
+    func finishRecovery(_ rec: ContextRecord) {
+        if rec.asyncFD >= 0 { Glibc.close(rec.asyncFD) }
+        free(rec.ptr.pointee.qp_index)
+        rec.ptr.pointee.qp_index = nil
+        recovery.triggered.remove(key(rec.ptr))
+        wakeWatcher()
+    }
+
+    func setNonBlocking(_ fd: Int32) {
+        guard fd >= 0 else { return }
+        let fl = fcntl(fd, F_GETFL)
+        if fl >= 0 { _ = fcntl(fd, F_SETFL, fl | O_NONBLOCK) }
+    }
+
+    /// Work rings of a new QP (nil rings: untracked, see the limits above).
+    func attachRings(_ rec: QPRecord, cap: ibv_qp_cap) -> Bool {
+        let ctx = rec.context
+        let p = rec.ptr
+        let sendEx = rec.initAttr.send_cq.map { isVirtual($0.pointee.context) && cqRecord($0).ex != nil } ?? false
+        let recvEx = rec.initAttr.recv_cq.map { isVirtual($0.pointee.context) && cqRecord($0).ex != nil } ?? false
+        if sendEx || recvEx || rec.type == IBV_QPT_RAW_PACKET { return true }
+        guard let send = sv_ring_create(cap.max_send_wr, cap.max_send_sge, cap.max_inline_data, 1,
+                                        rec.initAttr.sq_sig_all != 0 ? 1 : 0) else { return false }
+        p.pointee.send_ring = send
+        if let srq = rec.initAttr.srq {
+            p.pointee.recv_ring = UnsafeMutableRawPointer(srq).assumingMemoryBound(to: sv_srq.self).pointee.recv_ring
+        } else {
+            guard let recv = sv_ring_create(cap.max_recv_wr, cap.max_recv_sge, 0, 0, 0) else {
+                sv_ring_destroy(send)
+                p.pointee.send_ring = nil
+                return false
+            }
+            p.pointee.recv_ring = recv
+        }
+        if sv_qp_index_insert(ctx.ptr, p.pointee.real_qpn, p) != 0 {
+            Log.warn("QP \(hex(rec.virtualQPN)): real-QPN index full; its work is not tracked for recovery")
+        }
+        return true
+    }
+
+    func detachRings(_ p: UnsafeMutablePointer<sv_qp>) {
+        if let ctx = p.pointee.ctx { sv_qp_index_remove(ctx, p.pointee.real_qpn) }
+        sv_ring_destroy(p.pointee.send_ring)
+        if p.pointee.qpx.qp_base.srq == nil { sv_ring_destroy(p.pointee.recv_ring) }
+        p.pointee.send_ring = nil
+        p.pointee.recv_ring = nil
+    }
+
+    // MARK: - The watcher
+
+    func wakeWatcher() {
+        if recovery.wakeFD >= 0 { signalFD(recovery.wakeFD) }
+    }
+
+    private func startWatcher() {
+        guard !recovery.watcherStarted else { return }
+        recovery.watcherStarted = true
+        recovery.wakeFD = sv_eventfd(0, 1)
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { _ in
+            Runtime.shared.unsafelyUnwrapped.watch()
+            return nil
+        }, nil)
+        if rc == 0 {
+            pthread_detach(thread)
+        } else {
+            Log.error("cannot start the recovery watcher thread (errno \(rc)); device loss is not detected")
+        }
+    }
+
+    /// The watcher's loop (never returns).
+    private func watch() {
+        var lastRescan = monotonicNS()
+        while true {
+            var fds: [pollfd] = [pollfd(fd: recovery.wakeFD, events: Int16(POLLIN), revents: 0)]
+            var owners: [UInt] = [0]
+            let pendingTriggers: Bool = withControlLock {
+                for c in orderedContexts() where !c.released {
+                    let st = sv_ctx_state(c.ptr)
+                    guard st == SV_CTX_LIVE.rawValue || st == SV_CTX_QUIESCING.rawValue else { continue }
+                    fds.append(pollfd(fd: c.real.pointee.async_fd, events: Int16(POLLIN), revents: 0))
+                    owners.append(key(c.ptr))
+                }
+                return !recovery.triggered.isEmpty
+            }
+            let timeoutMS = pendingTriggers ? 0 : Int32(max(1, recovery.rescanNS / 1_000_000))
+            _ = poll(&fds, nfds_t(fds.count), timeoutMS)
+            if fds[0].revents != 0 { drainFD(recovery.wakeFD) }
+            for i in 1..<fds.count where fds[i].revents != 0 {
+                withControlLock {
+                    guard let c = contexts[owners[i]], !c.released, c.real.pointee.async_fd == fds[i].fd else { return }
+                    readRealEvents(c)
+                }
+            }
+            let now = monotonicNS()
+            if now &- lastRescan >= recovery.rescanNS {
+                lastRescan = now
+                withControlLock { noticeVanishedDevices() }
+            }
+            runTriggeredRecoveries()
+        }
+    }
+
+    /// Reads every queued real async event of `c` (non-blocking fd): forwards ordinary ones to the
+    /// application's queue, swallows (and acknowledges) those the recovery answers.
+    private func readRealEvents(_ c: ContextRecord) {
+        guard let get = ops.get_async_event else { return }
+        while true {
+            var e = ibv_async_event()
+            if get(c.real, &e) != 0 { return }
+            switch e.event_type {
+            case IBV_EVENT_DEVICE_FATAL:
+                Log.info("\(c.currentDeviceName): IBV_EVENT_DEVICE_FATAL: unplanned recovery (not shown to the application)")
+                ops.ack_async_event?(&e)
+                trigger(c)
+            case IBV_EVENT_PORT_ERR where deviceVanished(c):
+                Log.info("\(c.currentDeviceName): IBV_EVENT_PORT_ERR and the device left the device list: unplanned recovery (not shown to the application)")
+                ops.ack_async_event?(&e)
+                trigger(c)
+            default:
+                if sv_ctx_state(c.ptr) != SV_CTX_LIVE.rawValue && e.event_type == IBV_EVENT_PORT_ERR {
+                    ops.ack_async_event?(&e) // the shim is already moving this context
+                } else {
+                    queueForApplication(c, e)
+                }
+            }
+        }
+    }
+
+    /// Whether the real device under `c` is gone from a fresh device list.
+    func deviceVanished(_ c: ContextRecord) -> Bool {
+        guard let getList = ops.get_device_list else { return false }
+        var n: Int32 = 0
+        guard let list = getList(&n) else { return true }
+        refreshDevices(list, Int(n))
+        for i in 0..<Int(n) {
+            if let d = list[i], deviceName(d) == c.currentDeviceName { return false }
+        }
+        return true
+    }
+
+    private func noticeVanishedDevices() {
+        let live = contexts.values.filter { !$0.released && sv_ctx_state($0.ptr) == SV_CTX_LIVE.rawValue }
+        guard !live.isEmpty else { return }
+        for c in live where deviceVanished(c) {
+            Log.info("\(c.currentDeviceName) left the device list: unplanned recovery")
+            trigger(c)
+        }
+    }
+
+    /// Marks a context for an unplanned recovery (any thread; control lock held or not).
+    func trigger(_ c: ContextRecord) {
+        withControlLock {
+            guard !c.plannedHold else { return }
+            recovery.triggered.insert(key(c.ptr))
+        }
+        wakeWatcher()
+    }
+
+    /// A real control call failed with `rc`: EIO/ENODEV mean the device is gone.
+    func noteRealFailure(_ c: ContextRecord, _ rc: Int32) {
+        if rc == EIO || rc == ENODEV || rc == -EIO || rc == -ENODEV {
+            Log.info("\(c.currentDeviceName): a real call failed with errno \(abs(rc)): unplanned recovery")
+            trigger(c)
+        }
+    }
+
+    private func runTriggeredRecoveries() {
+        let seeds: [ContextRecord] = withControlLock {
+            let s = recovery.triggered.compactMap { contexts[$0] }
+            recovery.triggered.removeAll()
+            return s
+        }
+        guard !seeds.isEmpty else { return }
+        pthread_mutex_lock(recovery.mutex)
+        defer { pthread_mutex_unlock(recovery.mutex) }
+        let group: [ContextRecord] = withControlLock { recoveryGroup(seeds.filter { !$0.plannedHold }) }
+        guard !group.isEmpty else { return }
+        var times = RecoveryTimes()
+        let t0 = monotonicNS()
+        withControlLock {
+            for c in group where !c.released { sv_ctx_set_state(c.ptr, SV_CTX_RELEASED.rawValue) }
+        }
+        release(group)
+        times.release = monotonicNS() &- t0
+        _ = reattach(group, planned: false, times: times, bound: nil)
+    }
+
+    // MARK: - Groups
+
+    /// `seeds` and every context connected to them (QP peers, AH peers), transitively, in opening order.
+    func recoveryGroup(_ seeds: [ContextRecord]) -> [ContextRecord] {
+        var members = Set(seeds.map { key($0.ptr) })
+        var changed = true
+        while changed {
+            changed = false
+            for c in contexts.values {
+                let inGroup = members.contains(key(c.ptr))
+                for q in c.qps.values {
+                    guard let p = q.peerContext else { continue }
+                    let peerIn = members.contains(key(p.ptr))
+                    if inGroup && !peerIn { members.insert(key(p.ptr)); changed = true }
+                    if peerIn && !inGroup { members.insert(key(c.ptr)); changed = true }
+                }
+                for a in c.ahs.values {
+                    guard let p = a.peerContext else { continue }
+                    let peerIn = members.contains(key(p.ptr))
+                    if inGroup && !peerIn { members.insert(key(p.ptr)); changed = true }
+                    if peerIn && !members.contains(key(c.ptr)) { members.insert(key(c.ptr)); changed = true }
+                }
+            }
+        }
+        return orderedContexts().filter { members.contains(key($0.ptr)) }
+    }
+
+    // MARK: - Planned: detach / attach
+
+    /// stableverbs_detach: quiesce and release the contexts on `device` (all when nil) and those
+    /// connected to them. Returns when released.
+    func detach(device: String?) -> Int32 {
+        pthread_mutex_lock(recovery.mutex)
+        defer { pthread_mutex_unlock(recovery.mutex) }
+        let group: [ContextRecord] = withControlLock {
+            let seeds = contexts.values.filter { c in
+                !c.released && (device == nil || c.currentDeviceName == device || c.device.name == device)
+            }
+            return recoveryGroup(Array(seeds)).filter { !$0.released }
+        }
+        if group.isEmpty {
+            if let device, withControlLock({ devices.byName[device] == nil }) { return ENODEV }
+            return 0
+        }
+        var times = RecoveryTimes()
+        let t0 = monotonicNS()
+        withControlLock {
+            for c in group {
+                c.plannedHold = true
+                sv_ctx_set_state(c.ptr, SV_CTX_QUIESCING.rawValue)
+            }
+        }
+        if recovery.graceUS > 0 { usleep(recovery.graceUS) }
+        let leftover = quiesce(group)
+        times.quiesce = monotonicNS() &- t0
+        let t1 = monotonicNS()
+        withControlLock { for c in group { sv_ctx_set_state(c.ptr, SV_CTX_RELEASED.rawValue) } }
+        release(group)
+        times.release = monotonicNS() &- t1
+        withControlLock { recovery.pendingTimes = times }
+        Log.info("detached \(group.count) context(s) (\(group.map { $0.currentDeviceName }.joined(separator: ", "))): "
+                 + "quiesce \(ms(times.quiesce)), release \(ms(times.release))"
+                 + (leftover > 0 ? "; \(leftover) send(s) still in flight after the quiesce bound (replayed)" : ""))
+        return 0
+    }
+
+    /// stableverbs_attach: rebuild every context a detach released (waits for a matching device up
+    /// to STABLEVERBS_DEVICE_WAIT_MS).
+    func attach() -> Int32 {
+        pthread_mutex_lock(recovery.mutex)
+        defer { pthread_mutex_unlock(recovery.mutex) }
+        let (group, times): ([ContextRecord], RecoveryTimes) = withControlLock {
+            let g = orderedContexts().filter { $0.plannedHold && $0.released }
+            return (g, recovery.pendingTimes ?? RecoveryTimes())
+        }
+        guard !group.isEmpty else { return 0 }
+        let rc = reattach(group, planned: true, times: times, bound: recovery.deviceWaitNS)
+        if rc == 0 {
+            withControlLock {
+                for c in group { c.plannedHold = false }
+                recovery.pendingTimes = nil
+            }
+        }
+        return rc
+    }
+
+    /// Drains the group's real CQs until every send handed to hardware has completed, or the bound.
+    /// Returns how many sends are still outstanding.
+    private func quiesce(_ group: [ContextRecord]) -> Int {
+        let marks: [(UnsafeMutablePointer<sv_wr_ring>, UInt64)] = withControlLock {
+            group.flatMap { c in c.qps.values.compactMap { q in q.ptr.pointee.send_ring.map { ($0, sv_ring_tail($0)) } } }
+        }
+        let deadline = monotonicNS() &+ recovery.quiesceNS
+        while true {
+            let left: Int = withControlLock {
+                for c in group { drainCQs(c) }
+                return marks.reduce(0) { n, m in n + (sv_ring_head(m.0) < m.1 ? Int(m.1 - sv_ring_head(m.0)) : 0) }
+            }
+            if left == 0 || monotonicNS() >= deadline { return left }
+            usleep(100)
+        }
+    }
+
+    // MARK: - Release
+
+    /// Polls every real CQ of `c` empty: successful completions retire their ring entries and wait
+    /// in the CQ's pending queue (already in virtual terms) for the application; error completions
+    /// caused by the device loss are dropped (their work stays in the rings and is replayed).
+    func drainCQs(_ c: ContextRecord) {
+        guard !c.released else { return }
+        var buf = [ibv_wc](repeating: ibv_wc(), count: 32)
+        for cq in c.nextOrder(c.cqs, { $0.sequence }) where cq.ex == nil {
+            let real = cq.real
+            guard let poll = real.pointee.context?.pointee.ops.poll_cq else { continue }
+            while true {
+                let n = buf.withUnsafeMutableBufferPointer { poll(real, 32, $0.baseAddress) }
+                if n <= 0 { break }
+                for i in 0..<Int(n) {
+                    if buf[i].status != IBV_WC_SUCCESS { continue }
+                    sv_ring_retire_one(c.ptr, &buf[i])
+                    var w = buf[i]
+                    svTranslateCompletions(c.ptr, &w, 1)
+                    cq.pending.append(w)
+                }
+            }
+            cq.publishPending()
+        }
+    }
+
+    /// Destroys every real object of the group (state already QUIESCING→RELEASED or RELEASED).
+    func release(_ group: [ContextRecord]) {
+        if recovery.graceUS > 0 { usleep(recovery.graceUS) }
+        // Threads inside the real get_cq_event finish first (it does not block: the fd was readable).
+        let deadline = monotonicNS() &+ 100_000_000
+        while withControlLock({ group.contains { c in c.channels.values.contains { $0.inCall > 0 } } }),
+              monotonicNS() < deadline {
+            usleep(100)
+        }
+        withControlLock {
+            for c in group where !c.released { drainCQs(c) }
+            for c in group where !c.released { releaseContext(c) }
+        }
+    }
+
+    private func releaseContext(_ c: ContextRecord) {
+        for ah in c.ahs.values { _ = ops.destroy_ah?(ah.real) }
+        for qp in c.nextOrder(c.qps, { $0.sequence }).reversed() {
+            sv_qp_index_remove(c.ptr, qp.ptr.pointee.real_qpn)
+            let owed = qp.asyncEvents.settleForRebuild()
+            ackOwed(owed, IBV_EVENT_QP_FATAL) { $0.element.qp = qp.real }
+            if let d = ops.destroy_qp, d(qp.real) != 0 { Log.debug("release: destroy_qp failed (device gone)") }
+        }
+        for srq in c.srqs.values {
+            let owed = srq.asyncEvents.settleForRebuild()
+            ackOwed(owed, IBV_EVENT_SRQ_ERR) { $0.element.srq = srq.real }
+            _ = ops.destroy_srq?(srq.real)
+        }
+        for cq in c.cqs.values {
+            let comp = cq.completionEvents.settleForRebuild()
+            if comp > 0 { ops.ack_cq_events?(cq.real, comp) }
+            let owed = cq.asyncEvents.settleForRebuild()
+            ackOwed(owed, IBV_EVENT_CQ_ERR) { $0.element.cq = cq.real }
+            _ = ops.destroy_cq?(cq.real)
+        }
+        for ch in c.channels.values {
+            // Keep the number: the real channel's file moves to a fresh number (closed with it),
+            // a placeholder (an eventfd that never fires) holds the number until the rebuild.
+            let number = ch.ptr.pointee.channel.fd
+            let real = ch.real
+            if number >= 0 && real.pointee.fd == number {
+                let moved = fcntl(number, F_DUPFD_CLOEXEC, 0)
+                if moved >= 0 {
+                    real.pointee.fd = moved
+                    let placeholder = sv_eventfd(0, 0)
+                    if placeholder >= 0 {
+                        _ = dup2(placeholder, number)
+                        Glibc.close(placeholder)
+                    }
+                }
+            }
+            _ = ops.destroy_comp_channel?(real)
+        }
+        for mr in c.mrs.values { _ = ops.dereg_mr?(mr.real) }
+        for pd in c.pds.values { _ = ops.dealloc_pd?(pd.real) }
+        let rc = ops.close_device?(c.real) ?? 0
+        if rc != 0 { Log.warn("release: close_device of \(c.currentDeviceName) failed (\(rc))") }
+        c.released = true
+        Log.debug("released \(c.currentDeviceName): \(c.qps.count) QP, \(c.cqs.count) CQ, \(c.mrs.count) MR")
+    }
+
+    private func ackOwed(_ owed: UInt32, _ type: ibv_event_type, _ fill: (inout ibv_async_event) -> Void) {
+        guard owed > 0, let ack = ops.ack_async_event else { return }
+        var e = ibv_async_event()
+        e.event_type = type
+        fill(&e)
+        for _ in 0..<owed { ack(&e) }
+    }
+
+    // MARK: - Device wait, rebuild, replay
+
+    /// The real device a released context should be rebuilt on, by policy; nil: none yet.
+    private func matchDevice(_ c: ContextRecord, missingSince: UInt64) -> UnsafeMutablePointer<ibv_device>? {
+        guard let getList = ops.get_device_list else { return nil }
+        var n: Int32 = 0
+        guard let list = getList(&n) else { return nil }
+        refreshDevices(list, Int(n))
+        var present: [UnsafeMutablePointer<ibv_device>] = []
+        for i in 0..<Int(n) { if let d = list[i] { present.append(d) } }
+        func named(_ name: String) -> UnsafeMutablePointer<ibv_device>? { present.first { deviceName($0) == name } }
+        let byName = named(c.device.name) ?? named(c.currentDeviceName)
+        switch recovery.policy {
+        case .name:
+            return byName
+        case .guid:
+            return present.first { (ops.get_device_guid?($0) ?? 0) == c.device.guid }
+        case .any:
+            return byName ?? present.first { hasActivePort($0) }
+        case .nameThenAny:
+            if let byName { return byName }
+            if monotonicNS() &- missingSince < recovery.matchWaitNS { return nil }
+            return present.first { hasActivePort($0) }
+        }
+    }
+
+    private func hasActivePort(_ d: UnsafeMutablePointer<ibv_device>) -> Bool {
+        guard let open = ops.open_device, let close = ops.close_device, let ctx = open(d) else { return false }
+        defer { _ = close(ctx) }
+        var dattr = ibv_device_attr()
+        let ports = (ops.query_device?(ctx, &dattr) ?? -1) == 0 ? max(1, Int(dattr.phys_port_cnt)) : 1
+        for p in 1...ports {
+            var attr = ibv_port_attr()
+            if queryPortOf(real: ctx, UInt8(p), &attr, MemoryLayout<ibv_port_attr>.size) == 0, attr.state == IBV_PORT_ACTIVE {
+                return true
+            }
+        }
+        return false
+    }
+
+    /// Device wait + rebuild of every context of the group (with retries and a bounded backoff),
+    /// then the replay, then LIVE. `bound` nil: wait for as long as it takes.
+    private func reattach(_ group: [ContextRecord], planned: Bool, times initial: RecoveryTimes, bound: UInt64?) -> Int32 {
+        var times = initial
+        let start = monotonicNS()
+        var backoff: UInt64 = 1_000_000  // 1 ms, doubling to 100 ms
+        var attempts = 0
+        var waiting = group
+        var rebuildNS: UInt64 = 0
+        var reconnectNS: UInt64 = 0
+        var waitNS: UInt64 = 0
+        while !waiting.isEmpty {
+            var next: [ContextRecord] = []
+            for c in waiting {
+                let w0 = monotonicNS()
+                let device: UnsafeMutablePointer<ibv_device>? = withControlLock { matchDevice(c, missingSince: start) }
+                waitNS &+= monotonicNS() &- w0
+                guard let device else { next.append(c); continue }
+                let r0 = monotonicNS()
+                var reconnect: UInt64 = 0
+                // A rebuild that failed before its commit changed nothing (still released): retry.
+                let (rc, committed): (Int32, Bool) = withControlLock {
+                    sv_ctx_set_state(c.ptr, SV_CTX_REBUILDING.rawValue)
+                    let rc = rebuild(c, on: device, finalState: SV_CTX_RECONNECTING.rawValue, reconnectNS: &reconnect)
+                    if c.released { sv_ctx_set_state(c.ptr, SV_CTX_RELEASED.rawValue) }
+                    return (rc, !c.released)
+                }
+                rebuildNS &+= monotonicNS() &- r0 &- reconnect
+                reconnectNS &+= reconnect
+                attempts += 1
+                if !committed {
+                    Log.warn("recovery: rebuilding \(c.device.name) failed (errno \(rc)); retrying")
+                    next.append(c)
+                }
+            }
+            waiting = next
+            if waiting.isEmpty { break }
+            if let bound, monotonicNS() &- start >= bound {
+                Log.error("recovery: no matching device for \(waiting.map { $0.device.name }.joined(separator: ", ")) within \(bound / 1_000_000) ms")
+                withControlLock { recovery.stats.lastError = ETIMEDOUT }
+                return ETIMEDOUT
+            }
+            let s0 = monotonicNS()
+            sleepNS(backoff)
+            waitNS &+= monotonicNS() &- s0
+            backoff = min(backoff * 2, 100_000_000)
+        }
+        times.deviceWait = waitNS
+        times.rebuild = rebuildNS
+        times.reconnect = reconnectNS
+
+        // Replay: receives first (every context), then sends; then LIVE.
+        let p0 = monotonicNS()
+        let replayed: UInt64 = withControlLock {
+            var n: UInt64 = 0
+            for c in group {
+                for srq in c.nextOrder(c.srqs, { $0.sequence }) {
+                    if let r = srq.ptr.pointee.recv_ring { n &+= replayRecv(r, UnsafeMutableRawPointer(srq.ptr), isSRQ: true) }
+                }
+                for qp in c.nextOrder(c.qps, { $0.sequence }) where qp.initAttr.srq == nil {
+                    if let r = qp.ptr.pointee.recv_ring { n &+= replayRecv(r, UnsafeMutableRawPointer(qp.ptr), isSRQ: false) }
+                }
+            }
+            for c in group {
+                for qp in c.nextOrder(c.qps, { $0.sequence }) {
+                    if let r = qp.ptr.pointee.send_ring { n &+= replaySend(r, qp.ptr) }
+                }
+            }
+            for c in group {
+                for cq in c.cqs.values where cq.channel != nil && !cq.pending.isEmpty { cq.owedEvent = true }
+                sv_ctx_set_state(c.ptr, SV_CTX_LIVE.rawValue)
+            }
+            // Wake threads waiting for completion events on the old files.
+            let old = recovery.epochFD
+            recovery.epochFD = sv_eventfd(0, 0)
+            if old >= 0 {
+                signalFD(old)
+                recovery.retiredEpochs.append(old)
+                if recovery.retiredEpochs.count > 4 { Glibc.close(recovery.retiredEpochs.removeFirst()) }
+            }
+            return n
+        }
+        times.replay = monotonicNS() &- p0
+        withControlLock {
+            recovery.stats.count &+= 1
+            recovery.stats.last = times
+            recovery.stats.lastPlanned = planned
+            recovery.stats.lastContexts = UInt32(group.count)
+            recovery.stats.lastReplayed = replayed
+            recovery.stats.lastError = 0
+        }
+        let names = group.map { c in c.device.name == c.currentDeviceName ? c.device.name : "\(c.device.name)→\(c.currentDeviceName)" }
+        Log.info("recovery #\(recovery.stats.count) (\(planned ? "planned" : "unplanned"), \(group.count) context(s): \(names.joined(separator: ", "))): "
+                 + "quiesce \(ms(times.quiesce)), release \(ms(times.release)), device wait \(ms(times.deviceWait)), "
+                 + "rebuild \(ms(times.rebuild)), reconnect \(ms(times.reconnect)), replay \(ms(times.replay)) "
+                 + "(\(replayed) work request(s) re-posted, \(attempts) rebuild attempt(s))")
+        return 0
+    }
+
+    /// Re-posts the not-completed entries of a ring, in order (control lock; real objects rebuilt).
+    private func replaySend(_ r: UnsafeMutablePointer<sv_wr_ring>, _ q: UnsafeMutablePointer<sv_qp>) -> UInt64 {
+        if sv_ring_is_lost(r) != 0 {
+            Log.warn("replay: QP \(hex(q.pointee.qpx.qp_base.qp_num)) posted more than its work ring holds; some of its work in flight was not recorded and is not replayed")
+        }
+        let head = sv_ring_head(r), tail = sv_ring_tail(r)
+        var n: UInt64 = 0
+        var first: UnsafeMutablePointer<ibv_send_wr>? = nil
+        var last: UnsafeMutablePointer<ibv_send_wr>? = nil
+        var i = head
+        while i != tail {
+            let e = sv_ring_at(r, i)!
+            i &+= 1
+            if e.pointee.done != 0 { continue }
+            let w = UnsafeMutableRawPointer(e).assumingMemoryBound(to: ibv_send_wr.self)
+            if e.pointee.inline_len > 0 {
+                let sg = sv_ring_sges(e)!
+                let data = UnsafeMutableRawPointer(sg + Int(r.pointee.max_sge))
+                sg.pointee = ibv_sge(addr: UInt64(UInt(bitPattern: data)), length: e.pointee.inline_len, lkey: 0)
+                w.pointee.sg_list = sg
+                w.pointee.num_sge = 1
+            }
+            w.pointee.next = nil
+            if let l = last { l.pointee.next = w } else { first = w }
+            last = w
+            n &+= 1
+        }
+        guard let first else { return 0 }
+        var bad: UnsafeMutablePointer<ibv_send_wr>? = nil
+        let rc = svPostSendTranslated(q, first, &bad)
+        if rc != 0 { Log.error("replay: re-posting \(n) send(s) failed (errno \(rc)); those are lost") }
+        return n
+    }
+
+    private func replayRecv(_ r: UnsafeMutablePointer<sv_wr_ring>, _ object: UnsafeMutableRawPointer, isSRQ: Bool) -> UInt64 {
+        let head = sv_ring_head(r), tail = sv_ring_tail(r)
+        var n: UInt64 = 0
+        var first: UnsafeMutablePointer<ibv_recv_wr>? = nil
+        var last: UnsafeMutablePointer<ibv_recv_wr>? = nil
+        var i = head
+        while i != tail {
+            let e = sv_ring_at(r, i)!
+            i &+= 1
+            if e.pointee.done != 0 { continue }
+            let w = UnsafeMutableRawPointer(e).assumingMemoryBound(to: ibv_recv_wr.self)
+            w.pointee.next = nil
+            if let l = last { l.pointee.next = w } else { first = w }
+            last = w
+            n &+= 1
+        }
+        guard let first else { return 0 }
+        var bad: UnsafeMutablePointer<ibv_recv_wr>? = nil
+        let rc = svPostRecvTranslated(object, isSRQ, first, &bad)
+        if rc != 0 { Log.error("replay: re-posting \(n) receive(s) failed (errno \(rc)); those are lost") }
+        return n
+    }
+
+    // MARK: - Cold data paths (called from DataPath when the context is not LIVE)
+
+    /// A post while not LIVE: buffered in the ring (QUIESCING, RELEASED, REBUILDING), or posted
+    /// (RECONNECTING/LIVE: the real objects exist). Control lock: the state cannot change under it.
+    func postSendNotLive(_ q: UnsafeMutablePointer<sv_qp>, _ wr: UnsafeMutablePointer<ibv_send_wr>?,
+                         _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?) -> Int32 {
+        while true {
+            let rc: Int32? = withControlLock {
+                let st = sv_ctx_state(q.pointee.ctx)
+                if st == SV_CTX_LIVE.rawValue || st == SV_CTX_RECONNECTING.rawValue || st == SV_CTX_PASSTHROUGH.rawValue {
+                    return svPostSendRecorded(q, wr, bad)
+                }
+                guard let ring = q.pointee.send_ring else { return nil }  // untracked: wait
+                if sv_ring_record_send(ring, wr) == UInt64.max {
+                    bad?.pointee = wr
+                    return ENOMEM
+                }
+                return 0
+            }
+            if let rc { return rc }
+            usleep(1000)
+        }
+    }
+
+    func postRecvNotLive(_ object: UnsafeMutableRawPointer, _ isSRQ: Bool, _ wr: UnsafeMutablePointer<ibv_recv_wr>?,
+                         _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?) -> Int32 {
+        while true {
+            let rc: Int32? = withControlLock {
+                let ctx = isSRQ ? object.assumingMemoryBound(to: sv_srq.self).pointee.ctx!
+                                : object.assumingMemoryBound(to: sv_qp.self).pointee.ctx!
+                let ring = isSRQ ? object.assumingMemoryBound(to: sv_srq.self).pointee.recv_ring
+                                 : object.assumingMemoryBound(to: sv_qp.self).pointee.recv_ring
+                let st = sv_ctx_state(ctx)
+                if st == SV_CTX_LIVE.rawValue || st == SV_CTX_RECONNECTING.rawValue || st == SV_CTX_PASSTHROUGH.rawValue {
+                    return svPostRecvRecorded(object, isSRQ, wr, bad)
+                }
+                guard let ring else { return nil }
+                if sv_ring_record_recv(ring, wr) == UInt64.max {
+                    bad?.pointee = wr
+                    return ENOMEM
+                }
+                return 0
+            }
+            if let rc { return rc }
+            usleep(1000)
+        }
+    }
+
+    /// A poll while not LIVE, or with completions pending: pending completions first, then the
+    /// real CQ when it exists.
+    func pollNotLive(_ c: UnsafeMutablePointer<sv_cq>, _ ne: Int32, _ wc: UnsafeMutablePointer<ibv_wc>?) -> Int32 {
+        guard ne > 0, let wc else { return 0 }
+        let (served, realOK): (Int, Bool) = withControlLock {
+            let rec = record(c.pointee.core, as: CQRecord.self)
+            let take = min(Int(ne), rec.pending.count)
+            for i in 0..<take { wc[i] = rec.pending[i] }
+            if take > 0 {
+                rec.pending.removeFirst(take)
+                rec.publishPending()
+            }
+            let st = sv_ctx_state(c.pointee.ctx)
+            let ok = st == SV_CTX_LIVE.rawValue || st == SV_CTX_QUIESCING.rawValue || st == SV_CTX_RECONNECTING.rawValue
+            return (take, ok && !rec.context.released)
+        }
+        if served == Int(ne) || !realOK { return Int32(served) }
+        let n = svPollCQTranslatedRetiring(c, ne - Int32(served), wc + served)
+        if n < 0 { return served > 0 ? Int32(served) : n }
+        return Int32(served) + n
+    }
+
+    /// Completions with an error status came back from the real CQ (first at `from`): those caused
+    /// by a device loss are dropped (their work stays in the rings, the recovery replays it) and a
+    /// recovery is triggered; others retire their work and reach the application. Returns the new
+    /// count of entries in `wc`.
+    func filterErrorCompletions(_ ctx: UnsafeMutablePointer<sv_context>, _ wc: UnsafeMutablePointer<ibv_wc>, _ n: Int, from: Int) -> Int {
+        let c: ContextRecord = withControlLock { record(ctx.pointee.core, as: ContextRecord.self) }
+        var lost: Bool? = nil
+        var out = from
+        for i in from..<n {
+            let w = wc[i]
+            if w.status != IBV_WC_SUCCESS {
+                if lost == nil { lost = withControlLock { deviceLost(c) } }
+                if lost == true { continue }
+            }
+            sv_ring_retire_one(ctx, wc + i)
+            if out != i { wc[out] = w }
+            out += 1
+        }
+        if lost == true {
+            Log.info("\(c.currentDeviceName): error completions while the device is gone: hidden, unplanned recovery")
+            trigger(c)
+        }
+        return out
+    }
+
+    /// Whether the device under `c` is gone or unusable (a port query fails, no port active, or
+    /// the device left the list). Control lock.
+    func deviceLost(_ c: ContextRecord) -> Bool {
+        if c.released || sv_ctx_state(c.ptr) != SV_CTX_LIVE.rawValue { return true }
+        var attr = ibv_port_attr()
+        let ports = max(1, c.ports.count)
+        var anyActive = false
+        for p in 1...ports {
+            let rc = c.queryRealPort(UInt8(p), &attr)
+            if rc == EIO || rc == ENODEV { return true }
+            if rc == 0 && attr.state == IBV_PORT_ACTIVE { anyActive = true }
+        }
+        return !anyActive || deviceVanished(c)
+    }
+
+    // MARK: - Completion events across a recovery
+
+    /// ibv_get_cq_event without blocking inside the real library: waits in poll() on the channel's
+    /// fd number and the recovery epoch, then takes the event (the fd is readable: no blocking).
+    func getCQEventSafely(_ ch: UnsafeMutablePointer<sv_comp_channel>,
+                          _ cqOut: UnsafeMutablePointer<UnsafeMutablePointer<ibv_cq>?>?,
+                          _ contextOut: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32 {
+        let number = ch.pointee.channel.fd
+        let nonBlocking = fcntl(number, F_GETFL) & O_NONBLOCK != 0
+        while true {
+            // An event the recovery owes (completions kept across it while the app was waiting).
+            let (owed, epoch, ready): (UnsafeMutablePointer<sv_cq>?, Int32, Bool) = withControlLock {
+                let rec = record(ch.pointee.core, as: ChannelRecord.self)
+                for cq in rec.context.cqs.values where cq.channel === rec && cq.owedEvent {
+                    cq.owedEvent = false
+                    cq.completionEvents.debt &+= 1 // the application's ack of it is not forwarded
+                    return (cq.ptr, -1, false)
+                }
+                let ok = !rec.context.released && sv_ctx_state(rec.context.ptr) == SV_CTX_LIVE.rawValue
+                if ok { rec.inCall += 1 }
+                return (nil, recovery.epochFD, ok)
+            }
+            if let owed {
+                cqOut?.pointee = UnsafeMutableRawPointer(owed).assumingMemoryBound(to: ibv_cq.self)
+                contextOut?.pointee = owed.pointee.cq.cq_context
+                return 0
+            }
+            if ready {
+                var fds = [pollfd(fd: number, events: Int16(POLLIN), revents: 0)]
+                let readable = poll(&fds, 1, 0) > 0
+                var rc: Int32 = -1
+                if readable || nonBlocking {
+                    rc = getCQEvent(UnsafeMutableRawPointer(ch).assumingMemoryBound(to: ibv_comp_channel.self), cqOut, contextOut)
+                }
+                let err = currentErrno()
+                withControlLock { record(ch.pointee.core, as: ChannelRecord.self).inCall -= 1 }
+                if readable || nonBlocking {
+                    if rc == 0 || nonBlocking { setErrno(err); return rc }
+                }
+            } else if nonBlocking {
+                setErrno(EAGAIN)
+                return -1
+            }
+            var fds = [pollfd(fd: number, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: epoch, events: Int16(POLLIN), revents: 0)]
+            _ = poll(&fds, epoch >= 0 ? 2 : 1, ready ? -1 : 50)
+        }
+    }
+
+    // MARK: - Async events for the application
+
+    /// Translates a real async event to virtual objects and queues it for the application (control
+    /// lock). The real event is acknowledged at once (the real destroy verbs never wait for the
+    /// application); the application's own ack of the queued copy is absorbed (Events.swift), and
+    /// destroying a virtual object drops its undelivered events (dropQueuedEvents), as the kernel does.
+    func queueForApplication(_ c: ContextRecord, _ event: ibv_async_event) {
+        var e = event
+        var real = event
+        ops.ack_async_event?(&real)
+        switch EventKind(e.event_type) {
+        case .cq:
+            if let r = e.element.cq, let v = r.pointee.cq_context?.assumingMemoryBound(to: sv_cq.self), v.pointee.core != nil {
+                e.element.cq = UnsafeMutableRawPointer(v).assumingMemoryBound(to: ibv_cq.self)
+            }
+        case .qp:
+            if let r = e.element.qp, let v = r.pointee.qp_context?.assumingMemoryBound(to: sv_qp.self), v.pointee.core != nil {
+                e.element.qp = UnsafeMutableRawPointer(v).assumingMemoryBound(to: ibv_qp.self)
+            }
+        case .srq:
+            if let r = e.element.srq, let v = r.pointee.srq_context?.assumingMemoryBound(to: sv_srq.self), v.pointee.core != nil {
+                e.element.srq = UnsafeMutableRawPointer(v).assumingMemoryBound(to: ibv_srq.self)
+            }
+        case .wq, .port, .device:
+            break
+        }
+        c.asyncQueue.append(e)
+        if c.asyncFD >= 0 { signalFD(c.asyncFD) }
+        Log.info("async event \(e.event_type.rawValue) on \(c.currentDeviceName)")
+    }
+
+    /// Drops the undelivered async events about a virtual object being destroyed (control lock).
+    func dropQueuedEvents(_ c: ContextRecord, object: UnsafeMutableRawPointer) {
+        let before = c.asyncQueue.count
+        c.asyncQueue.removeAll { e in
+            switch EventKind(e.event_type) {
+            case .cq: return UnsafeMutableRawPointer(e.element.cq) == object
+            case .qp: return UnsafeMutableRawPointer(e.element.qp) == object
+            case .srq: return UnsafeMutableRawPointer(e.element.srq) == object
+            default: return false
+            }
+        }
+        for _ in 0..<(before - c.asyncQueue.count) {
+            var v: UInt64 = 0
+            _ = read(c.asyncFD, &v, 8)
+        }
+    }
+
+    /// ibv_get_async_event on a virtual context: the next queued event; blocks (in read/poll on the
+    /// shim's eventfd, never inside the real library) unless the application made the fd non-blocking.
+    func getQueuedAsyncEvent(_ c: ContextRecord, _ event: UnsafeMutablePointer<ibv_async_event>) -> Int32 {
+        let fd = c.asyncFD
+        while true {
+            let got: Bool = withControlLock {
+                guard !c.asyncQueue.isEmpty else { return false }
+                var v: UInt64 = 0
+                _ = read(fd, &v, 8)
+                event.pointee = c.asyncQueue.removeFirst()
+                return true
+            }
+            if got { return 0 }
+            if fcntl(fd, F_GETFL) & O_NONBLOCK != 0 {
+                setErrno(EAGAIN)
+                return -1
+            }
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+            _ = poll(&fds, 1, -1)
+        }
+    }
+}
+
+func ms(_ ns: UInt64) -> String {
+    let us = ns / 1000
+    return "\(us / 1000).\(String(us % 1000 + 1000).dropFirst()) ms"
+}

@@ -1,0 +1,262 @@
+/*
+ * Work rings and the real-QPN index of the recovery (sv_objects.h). Data-path functions here do
+ * no allocation, take no lock and call nothing but memcpy; scripts/check-fastpath follows them
+ * from the sv_op_* ops.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include "sv_objects.h"
+
+static uint32_t pow2(uint32_t v)
+{
+	uint32_t p = 16;
+	while (p < v && p < (1u << 30))
+		p <<= 1;
+	return p;
+}
+
+struct sv_wr_ring *sv_ring_create(uint32_t depth, uint32_t max_sge, uint32_t max_inline, int is_send, int sig_all)
+{
+	struct sv_wr_ring *r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	if (max_sge == 0)
+		max_sge = 1;
+	/* Twice the queue depth: a provider may free queue slots before the application polls. */
+	r->capacity = pow2(depth * 2 + 1);
+	r->max_sge = max_sge;
+	r->max_inline = (max_inline + 7) & ~7u;
+	r->entry_size = (uint32_t)((sizeof(struct sv_ring_entry) + max_sge * sizeof(struct ibv_sge) + r->max_inline + 15) & ~(size_t)15);
+	r->is_send = is_send ? 1 : 0;
+	r->sig_all = sig_all ? 1 : 0;
+	r->entries = calloc(r->capacity, r->entry_size);
+	if (!r->entries) {
+		free(r);
+		return NULL;
+	}
+	return r;
+}
+
+void sv_ring_destroy(struct sv_wr_ring *r)
+{
+	if (!r)
+		return;
+	free(r->entries);
+	free(r);
+}
+
+uint64_t sv_ring_record_send(struct sv_wr_ring *r, const struct ibv_send_wr *wr)
+{
+	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	uint64_t t = tail;
+	for (const struct ibv_send_wr *w = wr; w; w = w->next) {
+		if (t - head >= r->capacity)
+			return UINT64_MAX;
+		struct sv_ring_entry *e = sv_ring_at(r, t);
+		int n = w->num_sge;
+		if (n < 0 || (uint32_t)n > r->max_sge)
+			return UINT64_MAX; /* the provider will refuse it anyway */
+		e->wr.send = *w;
+		e->wr.send.next = NULL;
+		e->done = 0;
+		e->inline_len = 0;
+		struct ibv_sge *sg = sv_ring_sges(e);
+		if (n > 0)
+			memcpy(sg, w->sg_list, (size_t)n * sizeof(struct ibv_sge));
+		e->wr.send.sg_list = sg;
+		if ((w->send_flags & IBV_SEND_INLINE) && n > 0) {
+			/* The application may reuse inline buffers at once: keep the bytes. */
+			unsigned char *dst = (unsigned char *)(sg + r->max_sge);
+			uint32_t len = 0;
+			for (int k = 0; k < n; k++) {
+				uint32_t l = w->sg_list[k].length;
+				if (len + l > r->max_inline)
+					return UINT64_MAX;
+				memcpy(dst + len, (const void *)(uintptr_t)w->sg_list[k].addr, l);
+				len += l;
+			}
+			e->inline_len = len;
+		}
+		t++;
+	}
+	atomic_store_explicit(&r->tail, t, memory_order_release);
+	return tail;
+}
+
+uint64_t sv_ring_record_recv(struct sv_wr_ring *r, const struct ibv_recv_wr *wr)
+{
+	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	uint64_t t = tail;
+	for (const struct ibv_recv_wr *w = wr; w; w = w->next) {
+		if (t - head >= r->capacity)
+			return UINT64_MAX;
+		struct sv_ring_entry *e = sv_ring_at(r, t);
+		int n = w->num_sge;
+		if (n < 0 || (uint32_t)n > r->max_sge)
+			return UINT64_MAX;
+		e->wr.recv = *w;
+		e->wr.recv.next = NULL;
+		e->done = 0;
+		e->inline_len = 0;
+		struct ibv_sge *sg = sv_ring_sges(e);
+		if (n > 0)
+			memcpy(sg, w->sg_list, (size_t)n * sizeof(struct ibv_sge));
+		e->wr.recv.sg_list = sg;
+		t++;
+	}
+	atomic_store_explicit(&r->tail, t, memory_order_release);
+	return tail;
+}
+
+void sv_ring_unrecord_send(struct sv_wr_ring *r, uint64_t old_tail, const struct ibv_send_wr *wr,
+			   const struct ibv_send_wr *bad)
+{
+	uint64_t t = old_tail;
+	for (const struct ibv_send_wr *w = wr; w && w != bad; w = w->next)
+		t++;
+	atomic_store_explicit(&r->tail, t, memory_order_release);
+}
+
+void sv_ring_unrecord_recv(struct sv_wr_ring *r, uint64_t old_tail, const struct ibv_recv_wr *wr,
+			   const struct ibv_recv_wr *bad)
+{
+	uint64_t t = old_tail;
+	for (const struct ibv_recv_wr *w = wr; w && w != bad; w = w->next)
+		t++;
+	atomic_store_explicit(&r->tail, t, memory_order_release);
+}
+
+/* Advances head over retired entries. */
+static void advance(struct sv_wr_ring *r, uint64_t head, uint64_t tail)
+{
+	while (head != tail && sv_ring_at(r, head)->done)
+		head++;
+	atomic_store_explicit(&r->head, head, memory_order_release);
+}
+
+static void retire_send(struct sv_wr_ring *r, uint64_t wr_id, int error)
+{
+	uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+	/* Sends complete in order: a signaled completion retires every earlier unsignaled send and
+	 * the first signaled one; an error completion stands for the first entry with its wr_id. */
+	for (uint64_t i = head; i != tail; i++) {
+		struct sv_ring_entry *e = sv_ring_at(r, i);
+		if (e->done)
+			continue;
+		e->done = 1;
+		if (error ? e->wr.send.wr_id == wr_id
+			  : (r->sig_all || (e->wr.send.send_flags & IBV_SEND_SIGNALED)))
+			break;
+	}
+	advance(r, head, tail);
+}
+
+static void retire_recv(struct sv_wr_ring *r, uint64_t wr_id)
+{
+	uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+	/* In order on a QP's own receive queue (the head); an SRQ may consume out of order. */
+	for (uint64_t i = head; i != tail; i++) {
+		struct sv_ring_entry *e = sv_ring_at(r, i);
+		if (!e->done && e->wr.recv.wr_id == wr_id) {
+			e->done = 1;
+			break;
+		}
+	}
+	advance(r, head, tail);
+}
+
+static inline void retire(struct sv_qp *q, const struct ibv_wc *w, int error)
+{
+	if (w->opcode & IBV_WC_RECV) {
+		if (q->recv_ring)
+			retire_recv(q->recv_ring, w->wr_id);
+	} else if (q->send_ring) {
+		retire_send(q->send_ring, w->wr_id, error);
+	}
+}
+
+int sv_ring_retire(struct sv_context *ctx, const struct ibv_wc *wc, int n)
+{
+	for (int i = 0; i < n; i++) {
+		const struct ibv_wc *w = wc + i;
+		if (w->status != IBV_WC_SUCCESS)
+			return i;
+		struct sv_qp *q = sv_qp_index_find(ctx, w->qp_num);
+		if (q)
+			retire(q, w, 0);
+	}
+	return n;
+}
+
+void sv_ring_retire_one(struct sv_context *ctx, const struct ibv_wc *w)
+{
+	struct sv_qp *q = sv_qp_index_find(ctx, w->qp_num);
+	if (q)
+		retire(q, w, w->status != IBV_WC_SUCCESS);
+}
+
+/* ---- real QPN -> QP ---------------------------------------------------------------------- */
+
+static inline uint32_t slot_of(uint32_t qpn) { return (qpn * 2654435761u) & (SV_QP_INDEX_CAPACITY - 1); }
+
+int sv_qp_index_insert(struct sv_context *ctx, uint32_t qpn, struct sv_qp *qp)
+{
+	if (!ctx->qp_index || qpn == 0 || qpn == 0xFFFFFFFFu)
+		return EINVAL;
+	uint32_t i = slot_of(qpn);
+	for (uint32_t k = 0; k < SV_QP_INDEX_CAPACITY / 2; k++, i = (i + 1) & (SV_QP_INDEX_CAPACITY - 1)) {
+		struct sv_qp_index_slot *s = &ctx->qp_index[i];
+		uint32_t cur = atomic_load_explicit(&s->qpn, memory_order_relaxed);
+		if (cur == 0 || cur == 0xFFFFFFFFu || cur == qpn) {
+			atomic_store_explicit(&s->qp, qp, memory_order_release);
+			atomic_store_explicit(&s->qpn, qpn, memory_order_release);
+			return 0;
+		}
+	}
+	return ENOSPC;
+}
+
+void sv_qp_index_remove(struct sv_context *ctx, uint32_t qpn)
+{
+	if (!ctx->qp_index)
+		return;
+	uint32_t i = slot_of(qpn);
+	for (uint32_t k = 0; k < SV_QP_INDEX_CAPACITY / 2; k++, i = (i + 1) & (SV_QP_INDEX_CAPACITY - 1)) {
+		struct sv_qp_index_slot *s = &ctx->qp_index[i];
+		uint32_t cur = atomic_load_explicit(&s->qpn, memory_order_relaxed);
+		if (cur == 0)
+			return;
+		if (cur == qpn) {
+			atomic_store_explicit(&s->qp, NULL, memory_order_release);
+			atomic_store_explicit(&s->qpn, 0xFFFFFFFFu, memory_order_release);
+			return;
+		}
+	}
+}
+
+struct sv_qp *sv_qp_index_find(struct sv_context *ctx, uint32_t qpn)
+{
+	struct sv_qp_index_slot *idx = ctx->qp_index;
+	if (!idx)
+		return NULL;
+	uint32_t i = slot_of(qpn);
+	for (uint32_t k = 0; k < SV_QP_INDEX_CAPACITY / 2; k++, i = (i + 1) & (SV_QP_INDEX_CAPACITY - 1)) {
+		uint32_t cur = atomic_load_explicit(&idx[i].qpn, memory_order_acquire);
+		if (cur == qpn)
+			return atomic_load_explicit(&idx[i].qp, memory_order_acquire);
+		if (cur == 0)
+			return NULL;
+	}
+	return NULL;
+}
+
+int sv_eventfd(int semaphore, int nonblock)
+{
+	return eventfd(0, EFD_CLOEXEC | (semaphore ? EFD_SEMAPHORE : 0) | (nonblock ? EFD_NONBLOCK : 0));
+}
