@@ -2,17 +2,24 @@
  * fastpath: what the shim adds to each fast-path verb, in one process, one run.
  *
  * Runs under LD_PRELOAD=libstableverbs.so with the software HCA as the lower interface
- * (STABLEVERBS_LOWER=softhca STABLEVERBS_SOFTHCA=devices=1). Every op is timed twice on the same
- * queues: through the application's virtual object (the shim's op, which then calls the double),
- * and "direct" on the real object underneath (the double's op, as native libibverbs would call
- * it). The difference is the shim's cost. With -m the context is rebuilt first
- * (stableverbs_rebuild_context), so every real QPN/lkey/rkey differs from the virtual one and the
- * translation tables are in use.
+ * (STABLEVERBS_LOWER=softhca STABLEVERBS_SOFTHCA=devices=1), or over a real device
+ * (STABLEVERBS_LOWER=libibverbs, -d NAME, -g GID_INDEX for RoCE). Every op is timed twice on the
+ * same queues: through the application's virtual object (the shim's op, which then calls the
+ * lower provider's), and "direct" on the real object underneath (the provider's own op, as native
+ * libibverbs would call it), found with stableverbs_real_object. The difference is the shim's
+ * cost. With -m the context is rebuilt first (stableverbs_rebuild_context), so every real
+ * QPN/lkey/rkey differs from the virtual one and the translation tables are in use.
  *
- *   fastpath [-m] [-n BATCHES] [-o OP] [-t shim|direct]
+ * The shim's API (include/stableverbs.h) is reached by dlsym, so the driver also runs without the
+ * shim: then there is only one side to time ("direct", the provider as the program sees it).
  *
- * Without -o: a table of every op (median over BATCHES batches of 256 ops, ns per op). With -o and
- * -t: only that op and target, for instruction counting under callgrind (Benchmarks/fastpath/callgrind).
+ *   fastpath [-m] [-n BATCHES] [-r REPS] [-j JSON] [-d DEV] [-g GID] [-o OP] [-t shim|direct]
+ *
+ * Without -o: a table of every op. Each repetition times BATCHES batches of 256 ops per side,
+ * the two sides interleaved batch by batch; a repetition's figure is the median batch, the table
+ * shows the median of the REPS repetitions (and the spread of the added ns). -j appends the rows
+ * as JSON. With -o and -t: only that op and target, for instruction counting under callgrind
+ * (Benchmarks/fastpath/callgrind.sh).
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -24,7 +31,7 @@
 #include <unistd.h>
 #include <infiniband/verbs.h>
 
-#include "sv_objects.h" /* the virtual objects' layout: their real counterpart */
+#include "stableverbs.h" /* types only: its functions are looked up with dlsym */
 
 #define BATCH 256
 #define CHECK(c, ...)                                                                              \
@@ -49,6 +56,10 @@ static struct ibv_pd *pd;
 static struct ibv_mr *mr;
 static uint8_t *buf;
 static struct side virt, real;
+static int shimmed;
+static const char *device_name;
+static int gid_index = -1;
+static int (*real_object)(enum stableverbs_object_type, void *, void **);
 
 static double now_ns(void)
 {
@@ -83,6 +94,13 @@ static void connect_qps(struct ibv_qp *a, struct ibv_qp *b)
 		struct ibv_qp_attr at = {.qp_state = IBV_QPS_RTR, .path_mtu = IBV_MTU_1024, .dest_qp_num = q[1 - i]->qp_num,
 					 .max_dest_rd_atomic = 1, .min_rnr_timer = 12,
 					 .ah_attr = {.dlid = pa.lid, .port_num = 1}};
+		if (pa.link_layer == IBV_LINK_LAYER_ETHERNET || gid_index >= 0) {
+			int g = gid_index >= 0 ? gid_index : 0;
+			at.ah_attr.is_global = 1;
+			at.ah_attr.grh.sgid_index = g;
+			at.ah_attr.grh.hop_limit = 1;
+			CHECK(ibv_query_gid(ctx, 1, g, &at.ah_attr.grh.dgid) == 0, "query_gid");
+		}
 		CHECK(ibv_modify_qp(q[i], &at, IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
 						       IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER) == 0, "RTR");
 		struct ibv_qp_attr rt = {.qp_state = IBV_QPS_RTS, .timeout = 14, .retry_cnt = 7, .rnr_retry = 7, .max_rd_atomic = 1};
@@ -96,7 +114,12 @@ static void setup(void)
 	int n = 0;
 	struct ibv_device **list = ibv_get_device_list(&n);
 	CHECK(list && n > 0, "no device (run under the shim with STABLEVERBS_LOWER=softhca)");
-	ctx = ibv_open_device(list[0]);
+	int k = 0;
+	if (device_name)
+		while (k < n && strcmp(ibv_get_device_name(list[k]), device_name))
+			k++;
+	CHECK(k < n, "no device %s", device_name);
+	ctx = ibv_open_device(list[k]);
 	CHECK(ctx, "open_device");
 	pd = ibv_alloc_pd(ctx);
 	buf = aligned_alloc(4096, 1 << 20);
@@ -126,21 +149,34 @@ static void setup(void)
 	ibv_free_device_list(list);
 }
 
+static void *real_of(enum stableverbs_object_type type, void *virtual_object)
+{
+	void *r = NULL;
+	int e = real_object(type, virtual_object, &r);
+	CHECK(e == 0 && r, "stableverbs_real_object(%d): %s", type, strerror(e));
+	return r;
+}
+
+/* The real side: the objects underneath the virtual ones (without the shim: the same objects). */
 static void resolve(void)
 {
 	virt.lkey = mr->lkey;
 	virt.rkey = mr->rkey;
-	real.a = sv_qp_of(virt.a)->real;
-	real.b = sv_qp_of(virt.b)->real;
-	real.c = sv_qp_of(virt.c)->real;
-	real.d = sv_qp_of(virt.d)->real;
-	real.ax = sv_qp_of(virt.a)->real_qpx;
-	real.cq = sv_cq_of(virt.cq)->real;
-	real.rcq = sv_cq_of(virt.rcq)->real;
-	real.srq = sv_srq_of(virt.srq)->real;
-	real.lkey = sv_mr_of(mr)->real->lkey;
-	real.rkey = sv_mr_of(mr)->real->rkey;
-	CHECK(real.a && real.ax && real.cq && real.srq, "the real objects are not reachable");
+	if (!shimmed) {
+		real = virt;
+		return;
+	}
+	real.a = real_of(STABLEVERBS_OBJECT_QP, virt.a);
+	real.b = real_of(STABLEVERBS_OBJECT_QP, virt.b);
+	real.c = real_of(STABLEVERBS_OBJECT_QP, virt.c);
+	real.d = real_of(STABLEVERBS_OBJECT_QP, virt.d);
+	real.ax = real_of(STABLEVERBS_OBJECT_QP_EX, virt.a);
+	real.cq = real_of(STABLEVERBS_OBJECT_CQ, virt.cq);
+	real.rcq = real_of(STABLEVERBS_OBJECT_CQ, virt.rcq);
+	real.srq = real_of(STABLEVERBS_OBJECT_SRQ, virt.srq);
+	struct ibv_mr *rmr = real_of(STABLEVERBS_OBJECT_MR, mr);
+	real.lkey = rmr->lkey;
+	real.rkey = rmr->rkey;
 }
 
 enum op { POLL_EMPTY, POLL_ONE, POST_SEND_INLINE, POST_SEND_SGE, WR_INLINE, WR_SGE, POST_RECV, POST_SRQ_RECV, NOPS };
@@ -240,14 +276,24 @@ static int cmp(const void *x, const void *y)
 	return a < b ? -1 : a > b;
 }
 
+static double median(double *v, int n)
+{
+	qsort(v, n, sizeof(double), cmp);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 int main(int argc, char **argv)
 {
-	int moved = 0, batches = 2000, only = -1;
-	const char *target = "shim";
-	for (int o; (o = getopt(argc, argv, "mn:o:t:")) != -1;) {
+	int moved = 0, batches = 2000, reps = 3, only = -1;
+	const char *target = "shim", *json = NULL;
+	for (int o; (o = getopt(argc, argv, "mn:r:j:d:g:o:t:")) != -1;) {
 		switch (o) {
 		case 'm': moved = 1; break;
 		case 'n': batches = atoi(optarg); break;
+		case 'r': reps = atoi(optarg); break;
+		case 'j': json = optarg; break;
+		case 'd': device_name = optarg; break;
+		case 'g': gid_index = atoi(optarg); break;
 		case 'o':
 			for (int i = 0; i < NOPS; i++)
 				if (!strcmp(optarg, keys[i]))
@@ -258,12 +304,18 @@ int main(int argc, char **argv)
 		default: return 2;
 		}
 	}
+	CHECK(batches > 0 && reps > 0, "bad -n/-r");
+	int (*is_active)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "stableverbs_is_active");
 	int (*rebuild)(struct ibv_context *) = (int (*)(struct ibv_context *))dlsym(RTLD_DEFAULT, "stableverbs_rebuild_context");
-	CHECK(rebuild, "not running under the shim (LD_PRELOAD=libstableverbs.so)");
+	real_object = (int (*)(enum stableverbs_object_type, void *, void **))dlsym(RTLD_DEFAULT, "stableverbs_real_object");
+	shimmed = is_active && is_active() && real_object && rebuild;
+	if (!shimmed)
+		fprintf(stderr, "fastpath: the shim is %s: timing the provider only (\"direct\")\n",
+			is_active ? "inert (pass-through) or too old" : "not loaded");
+	CHECK(!moved || shimmed, "-m needs the shim (LD_PRELOAD=libstableverbs.so)");
 	setup();
-	if (moved) {
+	if (moved)
 		CHECK(rebuild(ctx) == 0, "stableverbs_rebuild_context failed");
-	}
 	resolve();
 	CHECK(!moved || (real.lkey != virt.lkey && real.a->qp_num != virt.a->qp_num), "the rebuild changed no identity");
 
@@ -275,22 +327,50 @@ int main(int argc, char **argv)
 		return 0;
 	}
 
+	const char *mode = moved ? "after a rebuild" : "nothing moved";
+	FILE *js = NULL;
+	if (json) {
+		js = fopen(json, "a");
+		CHECK(js, "cannot open %s", json);
+	}
 	double *ts = malloc(sizeof(double) * batches), *td = malloc(sizeof(double) * batches);
-	printf("%-24s %10s %10s %10s %8s   (%s, median of %d batches of %d)\n", "op", "direct ns", "shim ns", "added ns",
-	       "ratio", moved ? "after a rebuild: translation active" : "nothing moved", batches, BATCH);
+	double *rs = malloc(sizeof(double) * reps), *rd = malloc(sizeof(double) * reps), *ra = malloc(sizeof(double) * reps);
+	printf("%-24s %10s %10s %10s %8s %16s   (%s; median of %d reps x %d batches x %d ops per side)\n", "op", "direct ns",
+	       shimmed ? "shim ns" : "-", "added ns", "ratio", "added min..max", mode, reps, batches, BATCH);
 	for (int op = 0; op < NOPS; op++) {
 		for (int b = 0; b < 50; b++) { /* warm up */
 			batch(op, &real);
 			batch(op, &virt);
 		}
-		for (int b = 0; b < batches; b++) { /* interleaved */
-			td[b] = batch(op, &real) / BATCH;
-			ts[b] = batch(op, &virt) / BATCH;
+		for (int r = 0; r < reps; r++) {
+			for (int b = 0; b < batches; b++) { /* interleaved: both sides see the same machine */
+				td[b] = batch(op, &real) / BATCH;
+				ts[b] = shimmed ? batch(op, &virt) / BATCH : td[b];
+			}
+			rd[r] = median(td, batches);
+			rs[r] = median(ts, batches);
+			ra[r] = rs[r] - rd[r];
 		}
-		qsort(td, batches, sizeof(double), cmp);
-		qsort(ts, batches, sizeof(double), cmp);
-		double d = td[batches / 2], s = ts[batches / 2];
-		printf("%-24s %10.2f %10.2f %10.2f %8.3f\n", names[op], d, s, s - d, s / d);
+		double d = median(rd, reps), sh = median(rs, reps);
+		double amin = ra[0], amax = ra[0];
+		for (int r = 1; r < reps; r++) {
+			amin = ra[r] < amin ? ra[r] : amin;
+			amax = ra[r] > amax ? ra[r] : amax;
+		}
+		double added = median(ra, reps);
+		char spread[40];
+		snprintf(spread, sizeof spread, "%.2f..%.2f", amin, amax);
+		printf("%-24s %10.2f %10.2f %10.2f %8.3f %16s\n", names[op], d, sh, added, sh / d, spread);
+		fflush(stdout);
+		if (js)
+			fprintf(js,
+				"{\"suite\":\"fastpath\",\"mode\":\"%s\",\"op\":\"%s\",\"direct_ns\":%.3f,\"shim_ns\":%.3f,"
+				"\"added_ns\":%.3f,\"added_ns_min\":%.3f,\"added_ns_max\":%.3f,\"ratio\":%.4f,\"reps\":%d,"
+				"\"batches\":%d,\"batch\":%d,\"shimmed\":%s}\n",
+				moved ? "moved" : "static", keys[op], d, sh, added, amin, amax, sh / d, reps, batches, BATCH,
+				shimmed ? "true" : "false");
 	}
+	if (js)
+		fclose(js);
 	return 0;
 }
