@@ -14,6 +14,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         // rdma-core 44's headers and libraries (Debian: libibverbs-dev, librdmacm-dev).
@@ -40,7 +41,8 @@ let package = Package(
         // The Swift core and the exported verbs.
         .target(
             name: "StableVerbs",
-            dependencies: ["CVerbs", "StableVerbsABI", "CStableVerbs", "SoftHCA"]
+            dependencies: ["CVerbs", "StableVerbsABI", "CStableVerbs", "SoftHCA",
+                           .product(name: "Crypto", package: "swift-crypto")]
         ),
         // The lab: QEMU guests with rdma_rxe (Lab/ holds the guest-side scripts).
         .target(

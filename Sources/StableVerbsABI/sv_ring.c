@@ -52,6 +52,7 @@ uint64_t sv_ring_record_send(struct sv_wr_ring *r, const struct ibv_send_wr *wr)
 	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
 	uint64_t t = tail;
+	uint64_t mc = r->msg_count;
 	for (const struct ibv_send_wr *w = wr; w; w = w->next) {
 		if (t - head >= r->capacity)
 			return UINT64_MAX;
@@ -63,6 +64,8 @@ uint64_t sv_ring_record_send(struct sv_wr_ring *r, const struct ibv_send_wr *wr)
 		e->wr.send.next = NULL;
 		e->done = 0;
 		e->inline_len = 0;
+		e->msgno = mc;
+		mc += (uint64_t)sv_opcode_consumes(w->opcode);
 		struct ibv_sge *sg = sv_ring_sges(e);
 		if (n > 0)
 			memcpy(sg, w->sg_list, (size_t)n * sizeof(struct ibv_sge));
@@ -82,6 +85,7 @@ uint64_t sv_ring_record_send(struct sv_wr_ring *r, const struct ibv_send_wr *wr)
 		}
 		t++;
 	}
+	r->msg_count = mc;
 	atomic_store_explicit(&r->tail, t, memory_order_release);
 	return tail;
 }
@@ -118,6 +122,8 @@ void sv_ring_unrecord_send(struct sv_wr_ring *r, uint64_t old_tail, const struct
 	uint64_t t = old_tail;
 	for (const struct ibv_send_wr *w = wr; w && w != bad; w = w->next)
 		t++;
+	if (t != atomic_load_explicit(&r->tail, memory_order_relaxed))
+		r->msg_count = sv_ring_at(r, t)->msgno;
 	atomic_store_explicit(&r->tail, t, memory_order_release);
 }
 
@@ -136,6 +142,11 @@ static void advance(struct sv_wr_ring *r, uint64_t head, uint64_t tail)
 	while (head != tail && sv_ring_at(r, head)->done)
 		head++;
 	atomic_store_explicit(&r->head, head, memory_order_release);
+}
+
+void sv_ring_settle(struct sv_wr_ring *r)
+{
+	advance(r, atomic_load_explicit(&r->head, memory_order_relaxed), atomic_load_explicit(&r->tail, memory_order_acquire));
 }
 
 static void retire_send(struct sv_wr_ring *r, uint64_t wr_id, int error)

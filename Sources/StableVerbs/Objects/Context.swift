@@ -62,6 +62,10 @@ final class ContextRecord {
     var released = false
     /// Released by stableverbs_detach: waits for stableverbs_attach (no automatic rebuild).
     var plannedHold = false
+    /// Held by the peer protocol while one of its QPs reconnects to a peer that moved (posts
+    /// buffered beyond `holdMarks`, the tails of its work rings when the hold began).
+    var peerHold = false
+    var holdMarks: [UInt: UInt64] = [:]
 
     var qpns = VirtualNamespace(limit: 0x00FF_FFFF, reserved: [0, 1])
     var lkeys = VirtualNamespace(limit: 0xFFFF_FFFF, reserved: [])

@@ -183,7 +183,12 @@ extension Runtime {
         if rec.isConnected {
             rec.peerContext = peer
             rec.external = external
-            storePeer(rec.ptr.pointer(to: \.peer)!, peer?.peerIDs)
+            if !external { dropLink(rec) }
+            let linkIDs = external ? link(of: rec).flatMap { $0.state == .ready ? $0.ids : nil } : nil
+            storePeer(rec.ptr.pointer(to: \.peer)!, peer?.peerIDs ?? linkIDs)
+            if external, mask & mask_STATE != 0, attr.qp_state == IBV_QPS_RTR, mask & mask_DEST != 0, mask & mask_AV != 0 {
+                noteExternalConnection(rec, av: attr.ah_attr, destQPN: attr.dest_qp_num)
+            }
         }
         rec.journal.record(.modifyQP(attr: attr, mask: mask), generation: rec.context.generation)
         if mask & mask_AV != 0 {
@@ -221,6 +226,7 @@ extension Runtime {
     /// Forgets a QP whose real object is gone.
     func forgetQP(_ rec: QPRecord) {
         let ctx = rec.context
+        dropLink(rec)
         IdentityMap.remove(ctx.qpnUpMap, key: rec.ptr.pointee.real_qpn)
         IdentityMap.remove(ctx.qpnMap, key: rec.virtualQPN)
         ctx.qpns.release(rec.virtualQPN)

@@ -38,10 +38,11 @@ extension Runtime {
     func rebuild(_ ctx: ContextRecord, on device: UnsafeMutablePointer<ibv_device>?, finalState: UInt32,
                  reconnectNS: inout UInt64) -> Int32 {
         let released = ctx.released
-        let blocked = ctx.qps.values.filter { $0.isConnected && $0.external }
-        if !blocked.isEmpty {
-            Log.warn("rebuild of \(ctx.device.name) refused: \(blocked.count) QP(s) connected outside this process (ENOTSUP until the peer protocol exists)")
-            return ENOTSUP
+        let unmanaged = ctx.qps.values.filter { q in
+            q.isConnected && q.external && !(link(of: q).map { $0.state == .ready || $0.state == .awaiting } ?? false)
+        }
+        if !unmanaged.isEmpty {
+            Log.warn("rebuild of \(ctx.device.name): \(unmanaged.count) QP(s) connected to a process without a reachable peer shim: those connections break as they would natively")
         }
         guard let open = ops.open_device, let close = ops.close_device else { return ENOSYS }
         guard let realDevice = device ?? currentRealDevice(ctx.device) else { return ENODEV }
@@ -211,7 +212,10 @@ extension Runtime {
         let reconnectStart = monotonicNS()
         var failures = 0
         for qp in qps {
-            failures += replay(qp, on: qp.real, resetFirst: false)
+            // A connection to another process waits in INIT for the peer protocol (reconnectLinks).
+            let link = link(of: qp).flatMap { $0.state == .ready || $0.state == .awaiting ? $0 : nil }
+            failures += replay(qp, on: qp.real, resetFirst: false, stopAtRTR: link != nil)
+            link?.state = .awaiting
         }
         for other in orderedContexts() where other !== ctx && !other.released {
             for qp in other.nextOrder(other.qps, { $0.sequence }) where qp.peerContext === ctx && qp.journal.count > 0 {
@@ -281,7 +285,7 @@ extension Runtime {
     }
 
     /// Replays a QP's journal onto a real QP; returns the number of failed steps.
-    private func replay(_ qp: QPRecord, on real: UnsafeMutablePointer<ibv_qp>, resetFirst: Bool) -> Int {
+    private func replay(_ qp: QPRecord, on real: UnsafeMutablePointer<ibv_qp>, resetFirst: Bool, stopAtRTR: Bool = false) -> Int {
         var failures = 0
         if resetFirst, let modify = ops.modify_qp {
             var reset = ibv_qp_attr()
@@ -290,6 +294,7 @@ extension Runtime {
         }
         if var ece = qp.journal.lastECE { _ = ops.set_ece?(real, &ece) }
         for t in qp.journal.qpTransitions {
+            if stopAtRTR && t.mask & bits(IBV_QP_STATE) != 0 && t.attr.qp_state == IBV_QPS_RTR { break }
             let rc = applyModify(qp, on: real, attr: t.attr, mask: t.mask, learn: false)
             if rc != 0 {
                 failures += 1

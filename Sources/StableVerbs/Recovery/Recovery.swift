@@ -159,6 +159,7 @@ extension Runtime {
         setNonBlocking(rec.real.pointee.async_fd)
         startWatcher()
         wakeWatcher()
+        startPeerService()
     }
 
     func finishRecovery(_ rec: ContextRecord) {
@@ -634,6 +635,10 @@ extension Runtime {
             waitNS &+= monotonicNS() &- s0
             backoff = min(backoff * 2, 100_000_000)
         }
+        // Connections to other processes: the peer protocol (Peers/Reconnect.swift).
+        let l0 = monotonicNS()
+        reconnectLinks(group)
+        reconnectNS &+= monotonicNS() &- l0
         times.deviceWait = waitNS
         times.rebuild = rebuildNS
         times.reconnect = reconnectNS
@@ -659,14 +664,7 @@ extension Runtime {
                 for cq in c.cqs.values where cq.channel != nil && !cq.pending.isEmpty { cq.owedEvent = true }
                 sv_ctx_set_state(c.ptr, SV_CTX_LIVE.rawValue)
             }
-            // Wake threads waiting for completion events on the old files.
-            let old = recovery.epochFD
-            recovery.epochFD = sv_eventfd(0, 0)
-            if old >= 0 {
-                signalFD(old)
-                recovery.retiredEpochs.append(old)
-                if recovery.retiredEpochs.count > 4 { Glibc.close(recovery.retiredEpochs.removeFirst()) }
-            }
+            bumpRecoveryEpoch()
             return n
         }
         times.replay = monotonicNS() &- p0
@@ -686,8 +684,20 @@ extension Runtime {
         return 0
     }
 
+    /// Wakes threads waiting for completion events (on the old files, or for completions a
+    /// recovery kept). Control lock.
+    func bumpRecoveryEpoch() {
+        let old = recovery.epochFD
+        recovery.epochFD = sv_eventfd(0, 0)
+        if old >= 0 {
+            signalFD(old)
+            recovery.retiredEpochs.append(old)
+            if recovery.retiredEpochs.count > 4 { Glibc.close(recovery.retiredEpochs.removeFirst()) }
+        }
+    }
+
     /// Re-posts the not-completed entries of a ring, in order (control lock; real objects rebuilt).
-    private func replaySend(_ r: UnsafeMutablePointer<sv_wr_ring>, _ q: UnsafeMutablePointer<sv_qp>) -> UInt64 {
+    func replaySend(_ r: UnsafeMutablePointer<sv_wr_ring>, _ q: UnsafeMutablePointer<sv_qp>, from: UInt64 = 0) -> UInt64 {
         if sv_ring_is_lost(r) != 0 {
             Log.warn("replay: QP \(hex(q.pointee.qpx.qp_base.qp_num)) posted more than its work ring holds; some of its work in flight was not recorded and is not replayed")
         }
@@ -695,7 +705,7 @@ extension Runtime {
         var n: UInt64 = 0
         var first: UnsafeMutablePointer<ibv_send_wr>? = nil
         var last: UnsafeMutablePointer<ibv_send_wr>? = nil
-        var i = head
+        var i = max(head, from)
         while i != tail {
             let e = sv_ring_at(r, i)!
             i &+= 1
@@ -720,12 +730,12 @@ extension Runtime {
         return n
     }
 
-    private func replayRecv(_ r: UnsafeMutablePointer<sv_wr_ring>, _ object: UnsafeMutableRawPointer, isSRQ: Bool) -> UInt64 {
+    func replayRecv(_ r: UnsafeMutablePointer<sv_wr_ring>, _ object: UnsafeMutableRawPointer, isSRQ: Bool, from: UInt64 = 0) -> UInt64 {
         let head = sv_ring_head(r), tail = sv_ring_tail(r)
         var n: UInt64 = 0
         var first: UnsafeMutablePointer<ibv_recv_wr>? = nil
         var last: UnsafeMutablePointer<ibv_recv_wr>? = nil
-        var i = head
+        var i = max(head, from)
         while i != tail {
             let e = sv_ring_at(r, i)!
             i &+= 1
@@ -752,7 +762,7 @@ extension Runtime {
         while true {
             let rc: Int32? = withControlLock {
                 let st = sv_ctx_state(q.pointee.ctx)
-                if st == SV_CTX_LIVE.rawValue || st == SV_CTX_RECONNECTING.rawValue || st == SV_CTX_PASSTHROUGH.rawValue {
+                if st == SV_CTX_LIVE.rawValue || st == SV_CTX_PASSTHROUGH.rawValue {
                     return svPostSendRecorded(q, wr, bad)
                 }
                 guard let ring = q.pointee.send_ring else { return nil }  // untracked: wait
@@ -776,7 +786,7 @@ extension Runtime {
                 let ring = isSRQ ? object.assumingMemoryBound(to: sv_srq.self).pointee.recv_ring
                                  : object.assumingMemoryBound(to: sv_qp.self).pointee.recv_ring
                 let st = sv_ctx_state(ctx)
-                if st == SV_CTX_LIVE.rawValue || st == SV_CTX_RECONNECTING.rawValue || st == SV_CTX_PASSTHROUGH.rawValue {
+                if st == SV_CTX_LIVE.rawValue || st == SV_CTX_PASSTHROUGH.rawValue {
                     return svPostRecvRecorded(object, isSRQ, wr, bad)
                 }
                 guard let ring else { return nil }
@@ -820,10 +830,28 @@ extension Runtime {
     func filterErrorCompletions(_ ctx: UnsafeMutablePointer<sv_context>, _ wc: UnsafeMutablePointer<ibv_wc>, _ n: Int, from: Int) -> Int {
         let c: ContextRecord = withControlLock { record(ctx.pointee.core, as: ContextRecord.self) }
         var lost: Bool? = nil
+        var held = false
         var out = from
         for i in from..<n {
             let w = wc[i]
             if w.status != IBV_WC_SUCCESS {
+                // A QP whose peer shim may be moving (or being reconnected): held back, its work
+                // stays in the rings for the reconnection; given up after the peer timeout.
+                let (linked, first): (Bool, Bool) = withControlLock {
+                    if c.peerHold { return (true, false) }
+                    guard let q = sv_qp_index_find(ctx, w.qp_num), let link = peers.links[key(q)],
+                          link.state == .ready || link.state == .awaiting else { return (false, false) }
+                    guard link.suspectSince == nil else { return (true, false) }
+                    link.suspectSince = monotonicNS()
+                    Log.info("peer: \(link.label): error completion (status \(w.status.rawValue)) held back: waiting up to \(peers.timeoutNS / 1_000_000) ms for the peer")
+                    return (true, true)
+                }
+                if linked {
+                    held = true
+                    // Our own device may be the one that failed: looked at once per failure.
+                    if first && lost == nil { lost = withControlLock { deviceLost(c) } }
+                    continue
+                }
                 if lost == nil { lost = withControlLock { deviceLost(c) } }
                 if lost == true { continue }
             }
@@ -831,9 +859,11 @@ extension Runtime {
             if out != i { wc[out] = w }
             out += 1
         }
-        if lost == true {
+        if lost == true && !withControlLock({ c.peerHold }) {
             Log.info("\(c.currentDeviceName): error completions while the device is gone: hidden, unplanned recovery")
             trigger(c)
+        } else if held {
+            wakePeerService()
         }
         return out
     }

@@ -47,6 +47,8 @@ final class Runtime {
     var nextSequence: UInt64 = 0
     /// The recovery engine's state (Recovery/Recovery.swift).
     let recovery = RecoveryState()
+    /// The peer protocol (Peers/).
+    let peers = PeerRegistry()
 
     init(configuration: Configuration, lower: UnsafePointer<sv_lower>?, extra: sv_lower_extra, failure: String?) {
         self.configuration = configuration

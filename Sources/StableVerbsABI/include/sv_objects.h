@@ -140,13 +140,15 @@ struct sv_ring_entry {
 	} wr;
 	uint32_t done;      /* completion seen (out-of-order retirement on SRQs) */
 	uint32_t inline_len; /* bytes of inline data kept after the SGEs (send, IBV_SEND_INLINE) */
+	uint64_t msgno;     /* send rings: receive-consuming messages posted before this entry (peer protocol) */
 };
 
 struct sv_wr_ring {
 	_Atomic(uint64_t) head;  /* oldest entry not yet retired (poller) */
 	uint64_t pad0[7];
 	_Atomic(uint64_t) tail;  /* next free entry (poster) */
-	uint64_t pad1[7];
+	uint64_t msg_count;      /* send rings: receive-consuming messages recorded so far (poster) */
+	uint64_t pad1[6];
 	uint32_t capacity;       /* entries, a power of two */
 	uint32_t max_sge;
 	uint32_t max_inline;
@@ -180,6 +182,15 @@ void sv_ring_unrecord_send(struct sv_wr_ring *r, uint64_t old_tail, const struct
 			   const struct ibv_send_wr *bad);
 void sv_ring_unrecord_recv(struct sv_wr_ring *r, uint64_t old_tail, const struct ibv_recv_wr *wr,
 			   const struct ibv_recv_wr *bad);
+
+/* Whether a send opcode consumes a receive at the remote end (counted by msgno). */
+static inline int sv_opcode_consumes(enum ibv_wr_opcode op)
+{
+	return op == IBV_WR_SEND || op == IBV_WR_SEND_WITH_IMM || op == IBV_WR_SEND_WITH_INV ||
+	       op == IBV_WR_RDMA_WRITE_WITH_IMM;
+}
+/* Advances head over entries marked done (recovery, control lock). */
+void sv_ring_settle(struct sv_wr_ring *r);
 
 /* Completions (poll path): retires the ring entries the completions stand for. `wc` holds real
  * QP numbers. Returns the index of the first completion with an error status (its entries are

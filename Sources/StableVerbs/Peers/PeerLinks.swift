@@ -1,0 +1,225 @@
+// Links: the RC connections whose remote end is a QP of another process, and what this shim knows
+// of the shim that owns that end (DESIGN §4, peer protocol).
+//
+// A link is made when the application moves an RC QP to RTR towards a destination outside this
+// process. Of the two ends, the one with the lower (virtual GID, virtual QPN) introduces itself: it
+// asks the services listening on the peer's host (the address inside the destination GID, ports
+// STABLEVERBS_PEER_PORT ... +STABLEVERBS_PEER_PORTS-1) which of them owns the destination QPN, and
+// the owner answers. Each side brings a nonce; the link key derived from both authenticates every
+// later message about the connection: a claim that it moved is accepted only from the shim that
+// took part in the introduction. A destination without a shim (no service answers) leaves the link
+// unmanaged: a move breaks that connection as it would natively.
+
+import CVerbs
+import Glibc
+import StableVerbsABI
+
+final class PeerLink {
+    enum State: String {
+        /// Waiting for the introduction (sent by us, or expected from the peer).
+        case introducing
+        /// Both shims know the link and share its key.
+        case ready
+        /// This end moved (rebuilt, the QP waits in INIT) and the reconnection is under way.
+        case awaiting
+        /// No shim owns the remote end, or the peer never came back: nothing more is done.
+        case unmanaged
+    }
+
+    unowned let qp: QPRecord
+    /// The remote end as the application names it (virtual values).
+    let remoteQPN: UInt32
+    let remoteGID: ibv_gid
+    /// This end's virtual GID (the one its path uses).
+    let localGID: ibv_gid
+    let host: PeerHost?
+    var state: State = .introducing
+    var servicePort: UInt16 = 0
+    var key: [UInt8] = []
+    /// The remote end's current real identities.
+    var remoteRealQPN: UInt32
+    var remoteRealGID: ibv_gid
+    var remoteRealLID: UInt16 = 0
+    /// The remote shim's rkeys (virtual → real) for the data path (q->peer), and QPNs.
+    let ids: UnsafeMutablePointer<sv_peer_ids>
+    /// Error completions of this QP held back since (ns): the peer may be moving.
+    var suspectSince: UInt64?
+    var introduceAttempts = 0
+    var nextAttempt: UInt64 = 0
+
+    init(qp: QPRecord, remoteQPN: UInt32, remoteGID: ibv_gid, localGID: ibv_gid, host: PeerHost?) {
+        self.qp = qp
+        self.remoteQPN = remoteQPN
+        self.remoteGID = remoteGID
+        self.localGID = localGID
+        self.host = host
+        self.remoteRealQPN = remoteQPN
+        self.remoteRealGID = remoteGID
+        ids = allocateZeroed(sv_peer_ids.self)!
+        IdentityMap.initialize(ids.pointer(to: \.rkeys)!)
+        IdentityMap.initialize(ids.pointer(to: \.qpns)!)
+    }
+
+    /// The lower end introduces itself.
+    var introducer: Bool {
+        let a = gidHex(localGID), b = gidHex(remoteGID)
+        return a != b ? a < b : qp.virtualQPN < remoteQPN
+    }
+
+    var label: String { "\(hex(qp.virtualQPN))↔\(host.map { "\($0)" } ?? "?")/\(hex(remoteQPN))" }
+
+    func free() {
+        IdentityMap.destroy(ids.pointer(to: \.rkeys)!)
+        IdentityMap.destroy(ids.pointer(to: \.qpns)!)
+        ids.deallocate()
+    }
+}
+
+/// The peer protocol's state in this process (control lock unless noted).
+final class PeerRegistry {
+    var links: [UInt: PeerLink] = [:]     // by QP (key(sv_qp))
+    var serviceStarted = false
+    var listenFD: Int32 = -1
+    var port: UInt16 = 0
+    var wakeFD: Int32 = -1
+    let basePort: UInt16
+    let portCount: UInt16
+    let timeoutNS: UInt64
+    let hostOverride: PeerHost?
+    let enabled: Bool
+
+    init() {
+        basePort = UInt16(Configuration.environment("STABLEVERBS_PEER_PORT").flatMap { UInt16($0) } ?? 18_800)
+        portCount = max(1, Configuration.environment("STABLEVERBS_PEER_PORTS").flatMap { UInt16($0) } ?? 16)
+        timeoutNS = (Configuration.environment("STABLEVERBS_PEER_TIMEOUT_MS").flatMap { UInt64($0) } ?? 10_000) * 1_000_000
+        hostOverride = Configuration.environment("STABLEVERBS_PEER_HOST").flatMap { PeerHost(text: $0) }
+        enabled = Configuration.environment("STABLEVERBS_PEER") != "off"
+    }
+}
+
+extension Runtime {
+    /// modify_qp to RTR towards a destination outside the process: make (or renew) the QP's link
+    /// and let the service thread introduce it. Control lock.
+    func noteExternalConnection(_ rec: QPRecord, av: ibv_ah_attr, destQPN: UInt32) {
+        guard peers.enabled, rec.type == IBV_QPT_RC else { return }
+        var localGID = ibv_gid()
+        if av.is_global != 0, let port = rec.context.port(av.port_num),
+           let pair = port.gids[Int32(av.grh.sgid_index)] {
+            localGID = pair.virtual
+        }
+        let host = peers.hostOverride ?? (av.is_global != 0 ? PeerHost(gid: av.grh.dgid) : nil)
+        if let old = peers.links[key(rec.ptr)] {
+            if old.remoteQPN == destQPN && sameGID(old.remoteGID, av.grh.dgid) { return }
+            dropLink(rec)
+        }
+        let link = PeerLink(qp: rec, remoteQPN: destQPN, remoteGID: av.grh.dgid, localGID: localGID, host: host)
+        if host == nil {
+            link.state = .unmanaged
+            Log.info("peer: QP \(hex(rec.virtualQPN)) connects to \(hex(destQPN)) by LID only: no peer shim can be reached (set STABLEVERBS_PEER_HOST); the connection does not survive a move")
+        }
+        peers.links[key(rec.ptr)] = link
+        startPeerService()
+        wakePeerService()
+    }
+
+    /// The QP is destroyed or reset: its link goes.
+    func dropLink(_ rec: QPRecord) {
+        guard let link = peers.links.removeValue(forKey: key(rec.ptr)) else { return }
+        if rec.ptr.pointee.peer == link.ids { storePeer(rec.ptr.pointer(to: \.peer)!, nil) }
+        link.free()
+    }
+
+    func link(of rec: QPRecord) -> PeerLink? { peers.links[key(rec.ptr)] }
+
+    /// The local QP a peer names: virtual QPN `qpn` on a port whose virtual GID is `gid`.
+    func localQP(qpn: UInt32, gid: ibv_gid) -> QPRecord? {
+        for c in orderedContexts() {
+            guard c.qpns.contains(qpn) else { continue }
+            let hasGID = isZeroGID(gid) || c.ports.contains { $0.virtualGIDIndex(of: gid) != nil }
+            guard hasGID else { continue }
+            if let q = c.qps.values.first(where: { $0.virtualQPN == qpn }) { return q }
+        }
+        return nil
+    }
+
+    /// Introduces the links this end is responsible for (service thread; no lock held on entry).
+    func introducePendingLinks() {
+        let now = monotonicNS()
+        let todo: [(PeerLink, PeerMessage, PeerHost, [UInt8])] = withControlLock {
+            peers.links.values.compactMap { l in
+                guard l.state == .introducing, l.introducer, let host = l.host, now >= l.nextAttempt else { return nil }
+                var m = PeerMessage("hello")
+                m["from_qpn"] = String(l.qp.virtualQPN)
+                m["from_gid"] = gidHex(l.localGID)
+                m["to_qpn"] = String(l.remoteQPN)
+                m["to_gid"] = gidHex(l.remoteGID)
+                let nonce = randomBytes(16)
+                m["nonce"] = hexString(nonce)
+                m["port"] = String(peers.port)
+                return (l, m, host, nonce)
+            }
+        }
+        for (link, hello, host, nonce) in todo {
+            var answered = false
+            for i in 0..<peers.portCount {
+                let port = peers.basePort &+ i
+                guard let reply = PeerSocket.exchange(host: host, port: port, request: hello.encoded(key: nil), timeoutMS: 300),
+                      let d = PeerMessage.decode(reply) else { continue }
+                if d.message.verb == "owner", let n2 = d.message["nonce"].flatMap(bytesFromHex) {
+                    withControlLock {
+                        guard peers.links[key(link.qp.ptr)] === link else { return }
+                        link.key = linkKey(nonce, n2, "\(link.qp.virtualQPN)/\(link.remoteQPN)")
+                        link.servicePort = port
+                        link.state = .ready
+                        storePeer(link.qp.ptr.pointer(to: \.peer)!, link.ids)
+                    }
+                    Log.info("peer: link \(link.label) introduced (peer shim on port \(port))")
+                    answered = true
+                    break
+                }
+            }
+            if !answered {
+                withControlLock {
+                    link.introduceAttempts += 1
+                    if link.introduceAttempts >= 20 {
+                        link.state = .unmanaged
+                        Log.info("peer: no shim owns \(link.label): the connection is unmanaged (it does not survive a move)")
+                    } else {
+                        link.nextAttempt = monotonicNS() &+ UInt64(min(1000, 50 << min(link.introduceAttempts, 5))) * 1_000_000
+                    }
+                }
+            }
+        }
+    }
+
+    /// The service's side of an introduction: do we own `to_qpn`? Control lock taken here.
+    func answerHello(_ m: PeerMessage, port: UInt16) -> PeerMessage {
+        guard let toQPN = m.number("to_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
+              let fromQPN = m.number("from_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
+              let toGID = m["to_gid"].flatMap(gidFromHex), let fromGID = m["from_gid"].flatMap(gidFromHex),
+              let n1 = m["nonce"].flatMap(bytesFromHex) else { return PeerMessage("error") }
+        return withControlLock {
+            guard let q = localQP(qpn: toQPN, gid: toGID) else { return PeerMessage("not-mine") }
+            let link: PeerLink
+            if let l = peers.links[key(q.ptr)], l.remoteQPN == fromQPN, sameGID(l.remoteGID, fromGID) {
+                link = l
+            } else {
+                // Introduced before the application moved this end to RTR: the link starts here.
+                if peers.links[key(q.ptr)] != nil { dropLink(q) }
+                link = PeerLink(qp: q, remoteQPN: fromQPN, remoteGID: fromGID, localGID: toGID,
+                                host: peers.hostOverride ?? PeerHost(gid: fromGID))
+                peers.links[key(q.ptr)] = link
+            }
+            let n2 = randomBytes(16)
+            link.key = linkKey(n1, n2, "\(fromQPN)/\(toQPN)")
+            link.servicePort = UInt16(truncatingIfNeeded: m.number("port") ?? 0)
+            link.state = .ready
+            storePeer(q.ptr.pointer(to: \.peer)!, link.ids)
+            var r = PeerMessage("owner")
+            r["nonce"] = hexString(n2)
+            r["port"] = String(port)
+            Log.info("peer: link \(link.label) introduced by the peer")
+            return r
+        }
+    }
+}

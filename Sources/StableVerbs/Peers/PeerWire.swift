@@ -1,0 +1,266 @@
+// The peer protocol's wire (DESIGN §4): one request per TCP connection, answered by one reply.
+//
+//     stableverbs-peer 1 <verb>\n
+//     key=value\n ...
+//     mac=<hex HMAC-SHA256 of everything above, with the link's key>\n     (all but `hello`)
+//
+// The requester half-closes after its request; the service answers and closes. Values are decimal
+// numbers, hex strings (GIDs, nonces, MACs) or comma-separated lists. Nothing here touches verbs
+// objects: PeerService.swift and Reconnect.swift give the messages their meaning.
+
+import CVerbs
+import Crypto
+import Glibc
+
+struct PeerMessage {
+    static let magic = "stableverbs-peer 1"
+    var verb: String
+    var fields: [(String, String)] = []
+
+    init(_ verb: String) { self.verb = verb }
+
+    subscript(_ key: String) -> String? {
+        get { fields.first { $0.0 == key }?.1 }
+        set {
+            fields.removeAll { $0.0 == key }
+            if let newValue { fields.append((key, newValue)) }
+        }
+    }
+
+    func number(_ key: String) -> UInt64? { self[key].flatMap { UInt64($0) } }
+
+    /// The text of the message; with `key`, signed (a last `mac=` line).
+    func encoded(key: [UInt8]?) -> [UInt8] {
+        var text = "\(PeerMessage.magic) \(verb)\n"
+        for (k, v) in fields { text += "\(k)=\(v)\n" }
+        var bytes = Array(text.utf8)
+        if let key {
+            bytes += Array("mac=\(PeerMessage.mac(bytes, key: key))\n".utf8)
+        }
+        return bytes
+    }
+
+    static func mac(_ bytes: [UInt8], key: [UInt8]) -> String {
+        hexString(Array(HMAC<SHA256>.authenticationCode(for: bytes, using: SymmetricKey(data: key))))
+    }
+
+    /// Parses a message. The `mac` line, when present, is returned with the bytes it covers.
+    static func decode(_ bytes: [UInt8]) -> (message: PeerMessage, signed: [UInt8], mac: String?)? {
+        guard let text = String(validating: bytes, as: UTF8.self) else { return nil }
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        if lines.last == "" { lines.removeLast() }
+        guard let first = lines.first, first.hasPrefix(magic + " ") else { return nil }
+        var message = PeerMessage(String(first.dropFirst(magic.count + 1)))
+        var mac: String? = nil
+        var signedLength = 0
+        for (i, line) in lines.enumerated() {
+            if i == 0 {
+                signedLength += line.utf8.count + 1
+                continue
+            }
+            guard let eq = line.firstIndex(of: "=") else { return nil }
+            let k = String(line[..<eq]), v = String(line[line.index(after: eq)...])
+            if k == "mac" {
+                mac = v
+                break
+            }
+            message.fields.append((k, v))
+            signedLength += line.utf8.count + 1
+        }
+        return (message, Array(bytes.prefix(signedLength)), mac)
+    }
+
+    /// Whether `decoded` carries a valid MAC under `key` (constant-time comparison).
+    static func verify(_ decoded: (message: PeerMessage, signed: [UInt8], mac: String?), key: [UInt8]) -> Bool {
+        guard let mac = decoded.mac, let given = bytesFromHex(mac), !key.isEmpty else { return false }
+        return HMAC<SHA256>.isValidAuthenticationCode(given, authenticating: decoded.signed, using: SymmetricKey(data: key))
+    }
+}
+
+/// The key two shims share for one connection, from the nonces of the registration.
+func linkKey(_ a: [UInt8], _ b: [UInt8], _ label: String) -> [UInt8] {
+    Array(SHA256.hash(data: Array("stableverbs-link \(label)".utf8) + a + b))
+}
+
+func randomBytes(_ n: Int) -> [UInt8] {
+    var g = SystemRandomNumberGenerator()
+    return (0..<n).map { _ in UInt8.random(in: 0...255, using: &g) }
+}
+
+func hexString(_ bytes: [UInt8]) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var out = [UInt8]()
+    out.reserveCapacity(bytes.count * 2)
+    for b in bytes {
+        out.append(digits[Int(b >> 4)])
+        out.append(digits[Int(b & 15)])
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+func bytesFromHex(_ s: String) -> [UInt8]? {
+    let u = Array(s.utf8)
+    guard u.count % 2 == 0 else { return nil }
+    func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 48...57: return c - 48
+        case 97...102: return c - 87
+        case 65...70: return c - 55
+        default: return nil
+        }
+    }
+    var out = [UInt8]()
+    out.reserveCapacity(u.count / 2)
+    var i = 0
+    while i < u.count {
+        guard let h = nibble(u[i]), let l = nibble(u[i + 1]) else { return nil }
+        out.append(h << 4 | l)
+        i += 2
+    }
+    return out
+}
+
+// MARK: - Sockets
+
+enum PeerSocket {
+    /// Sends `request` to host:port and returns the reply bytes; nil when the peer cannot be reached
+    /// or does not answer within `timeoutMS`.
+    static func exchange(host: PeerHost, port: UInt16, request: [UInt8], timeoutMS: Int32) -> [UInt8]? {
+        let fd = socket(host.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var one: Int32 = 1
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        let rc = host.withSockaddr(port: port) { sa, len in connect(fd, sa, len) }
+        if rc != 0 && errno != EINPROGRESS { return nil }
+        let deadline = monotonicNS() &+ UInt64(timeoutMS) * 1_000_000
+        guard waitFor(fd, Int16(POLLOUT), deadline) else { return nil }
+        var err: Int32 = 0
+        var errLen = socklen_t(MemoryLayout<Int32>.size)
+        _ = getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &errLen)
+        guard err == 0 else { return nil }
+        guard writeAll(fd, request, deadline) else { return nil }
+        _ = shutdown(fd, Int32(SHUT_WR))
+        return readAll(fd, deadline)
+    }
+
+    static func waitFor(_ fd: Int32, _ events: Int16, _ deadline: UInt64) -> Bool {
+        while true {
+            let now = monotonicNS()
+            if now >= deadline { return false }
+            var p = pollfd(fd: fd, events: events, revents: 0)
+            let r = poll(&p, 1, Int32(max(1, (deadline - now) / 1_000_000)))
+            if r > 0 { return true }
+            if r < 0 && errno != EINTR { return false }
+        }
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8], _ deadline: UInt64) -> Bool {
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + off, bytes.count - off, Int32(MSG_NOSIGNAL)) }
+            if n > 0 {
+                off += n
+            } else if n < 0 && (errno == EAGAIN || errno == EINTR) {
+                guard waitFor(fd, Int16(POLLOUT), deadline) else { return false }
+            } else {
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Reads until EOF (at most 1 MiB).
+    static func readAll(_ fd: Int32, _ deadline: UInt64) -> [UInt8]? {
+        var out = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 16384)
+        while out.count < 1 << 20 {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            if n > 0 {
+                out += buf[0..<n]
+            } else if n == 0 {
+                return out
+            } else if errno == EAGAIN || errno == EINTR {
+                guard waitFor(fd, Int16(POLLIN), deadline) else { return nil }
+            } else {
+                return nil
+            }
+        }
+        return nil
+    }
+}
+
+/// Where a peer shim is reached: the IP address inside a RoCE GID (IPv4-mapped or IPv6), or
+/// STABLEVERBS_PEER_HOST.
+struct PeerHost: Hashable, CustomStringConvertible {
+    var v4: UInt32?          // network order
+    var v6: [UInt8]?
+
+    var family: Int32 { v4 != nil ? AF_INET : AF_INET6 }
+
+    /// The host a GID names: an IPv4-mapped GID (::ffff:a.b.c.d) or a non-link-local IPv6 GID.
+    init?(gid: ibv_gid) {
+        var g = gid
+        let b = withUnsafeBytes(of: &g.raw) { Array($0) }
+        if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff {
+            v4 = b[12..<16].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+        } else if b.allSatisfy({ $0 == 0 }) || (b[0] == 0xfe && b[1] & 0xc0 == 0x80) {
+            return nil  // no address, or link-local (the scope is not known here)
+        } else {
+            v6 = b
+        }
+    }
+
+    init?(text: String) {
+        var a = in_addr()
+        if inet_pton(AF_INET, text, &a) == 1 {
+            v4 = a.s_addr
+            return
+        }
+        var a6 = in6_addr()
+        if inet_pton(AF_INET6, text, &a6) == 1 {
+            v6 = withUnsafeBytes(of: &a6) { Array($0) }
+            return
+        }
+        return nil
+    }
+
+    func withSockaddr<T>(port: UInt16, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
+        if let v4 {
+            var sa = sockaddr_in()
+            sa.sin_family = sa_family_t(AF_INET)
+            sa.sin_port = port.bigEndian
+            sa.sin_addr.s_addr = v4
+            return withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        }
+        var sa = sockaddr_in6()
+        sa.sin6_family = sa_family_t(AF_INET6)
+        sa.sin6_port = port.bigEndian
+        withUnsafeMutableBytes(of: &sa.sin6_addr) { d in for (i, b) in (v6 ?? []).enumerated() where i < 16 { d[i] = b } }
+        return withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+    }
+
+    var description: String {
+        var buf = [CChar](repeating: 0, count: 64)
+        if var a = v4.map({ in_addr(s_addr: $0) }) {
+            _ = inet_ntop(AF_INET, &a, &buf, 64)
+        } else {
+            var a6 = in6_addr()
+            withUnsafeMutableBytes(of: &a6) { d in for (i, b) in (v6 ?? []).enumerated() where i < 16 { d[i] = b } }
+            _ = inet_ntop(AF_INET6, &a6, &buf, 64)
+        }
+        return String(cString: buf)
+    }
+}
+
+func gidHex(_ gid: ibv_gid) -> String {
+    var g = gid
+    return hexString(withUnsafeBytes(of: &g.raw) { Array($0) })
+}
+
+func gidFromHex(_ s: String) -> ibv_gid? {
+    guard let b = bytesFromHex(s), b.count == 16 else { return nil }
+    var g = ibv_gid()
+    withUnsafeMutableBytes(of: &g.raw) { d in for i in 0..<16 { d[i] = b[i] } }
+    return g
+}

@@ -1,0 +1,465 @@
+// Reconnecting a link after one end (or both) moved (DESIGN §4).
+//
+// The end that moved rebuilt its QP and left it in INIT. It sends `moved` to the peer's service:
+// its new real QPN/GID/LID, the PSN its receive queue now expects, its counts — `seen`, the
+// receives its QP has completed; `acked`, the receive-consuming messages (SEND, SEND_WITH_IMM,
+// WRITE_WITH_IMM) of its send queue known complete — its MRs' rkeys (virtual → real) and the
+// descriptions of its last acked messages. The peer holds its context (posts buffered), drains its
+// CQs, resets its QP and brings it to RTS towards the new end with fresh PSNs, applies the counts
+// and answers `reconnected` with the same fields; the mover then brings its QP to RTS.
+//
+// Applying the counts (each side, for its own queues):
+// - sends: an entry whose `msgno` (receive-consuming messages before it) is below the peer's `seen`
+//   was executed by the peer (RC executes in order): it is retired, with the success completion the
+//   application is owed when it was signaled; the rest is replayed. So every SEND is delivered
+//   once; WRITEs may repeat (idempotent); READs after the last delivered message are re-read.
+// - receives: when the peer's `acked` is above our `seen`, the completions of that many receives
+//   died with our device after the data landed; they are made again (in order, from the peer's
+//   descriptions: opcode, length, immediate) so no message is lost and no receive consumed twice.
+// Both ends moving at once: both send `moved`; the end with the lower (GID, QPN) wins — the other
+// answers its request as the responder (`collide` tells the lower end to wait for that).
+
+import CVerbs
+import Glibc
+import StableVerbsABI
+
+private let stateMask = bits(IBV_QP_STATE)
+
+/// The remote end as a `moved`/`reconnected` message describes it.
+struct PeerEndpoint {
+    var qpn: UInt32
+    var gid: ibv_gid
+    var lid: UInt16
+    var psn: UInt32
+    var seen: UInt64?          // nil: not known (the QP takes its receives from an SRQ)
+    var acked: UInt64
+    var rkeys: [(UInt32, UInt32)]
+    var messages: [UInt64: (opcode: UInt32, length: UInt32, imm: UInt32)]
+
+    init?(_ m: PeerMessage) {
+        guard let qpn = m.number("qpn"), let gid = m["gid"].flatMap(gidFromHex), let lid = m.number("lid"),
+              let psn = m.number("psn"), let acked = m.number("acked") else { return nil }
+        self.qpn = UInt32(truncatingIfNeeded: qpn)
+        self.gid = gid
+        self.lid = UInt16(truncatingIfNeeded: lid)
+        self.psn = UInt32(truncatingIfNeeded: psn) & 0xFFFFFF
+        self.seen = m["seen"] == "unknown" ? nil : m.number("seen")
+        self.acked = acked
+        rkeys = (m["rkeys"] ?? "").split(separator: ",").compactMap { p in
+            let kv = p.split(separator: ":")
+            guard kv.count == 2, let v = UInt32(kv[0]), let r = UInt32(kv[1]) else { return nil }
+            return (v, r)
+        }
+        messages = [:]
+        for p in (m["msgs"] ?? "").split(separator: ",") {
+            let f = p.split(separator: ":").compactMap { UInt64($0) }
+            guard f.count == 4 else { continue }
+            messages[f[0]] = (UInt32(truncatingIfNeeded: f[1]), UInt32(truncatingIfNeeded: f[2]), UInt32(truncatingIfNeeded: f[3]))
+        }
+    }
+}
+
+extension Runtime {
+    // MARK: - This end, as the peer needs it
+
+    /// Fills `m` with this end of `link`: identities, counts, rkeys, recent messages. Control lock.
+    func describeEnd(_ link: PeerLink, psn: UInt32, into m: inout PeerMessage) {
+        let q = link.qp
+        let c = q.context
+        m["from_qpn"] = String(q.virtualQPN)
+        m["from_gid"] = gidHex(link.localGID)
+        m["to_qpn"] = String(link.remoteQPN)
+        m["to_gid"] = gidHex(link.remoteGID)
+        m["qpn"] = String(q.ptr.pointee.real_qpn)
+        var realGID = link.localGID, lid: UInt16 = 0
+        if let av = q.lastAV, let port = c.port(av.port_num) {
+            lid = port.realLID
+            if av.is_global != 0, let pair = port.gids[Int32(av.grh.sgid_index)] { realGID = pair.real }
+        }
+        m["gid"] = gidHex(realGID)
+        m["lid"] = String(lid)
+        m["psn"] = String(psn)
+        if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring {
+            m["seen"] = String(sv_ring_head(r))
+        } else {
+            m["seen"] = "unknown"
+        }
+        var acked: UInt64 = 0
+        var msgs: [String] = []
+        if let r = q.ptr.pointee.send_ring {
+            let head = sv_ring_head(r), tail = sv_ring_tail(r)
+            acked = head != tail ? sv_ring_at(r, head).pointee.msgno : r.pointee.msg_count
+            // The last acked receive-consuming messages still in the ring (entries before head
+            // survive until the ring wraps over them).
+            let oldest = tail >= UInt64(r.pointee.capacity) ? tail - UInt64(r.pointee.capacity) : 0
+            var i = head
+            while i > oldest && msgs.count < 64 {
+                i -= 1
+                let e = sv_ring_at(r, i)!
+                let w = e.pointee.wr.send
+                guard sv_opcode_consumes(w.opcode) != 0 else { continue }
+                var len: UInt32 = e.pointee.inline_len
+                if len == 0 { for k in 0..<Int(max(0, w.num_sge)) { len &+= sv_ring_sges(e)[k].length } }
+                msgs.append("\(e.pointee.msgno):\(w.opcode.rawValue):\(len):\(w.imm_data)")
+            }
+        }
+        m["acked"] = String(acked)
+        m["msgs"] = msgs.joined(separator: ",")
+        m["rkeys"] = c.mrs.values.map { "\($0.ptr.pointee.mr.rkey):\($0.ptr.pointee.real?.pointee.rkey ?? 0)" }.joined(separator: ",")
+    }
+
+    // MARK: - Bringing a QP to RTS towards the peer's new end
+
+    /// Replays the QP's journal onto its real QP with the peer's real identities and the agreed
+    /// PSNs: from RTR on (`fromRTR`, the QP waits in INIT), or all of it after a reset.
+    func connect(_ link: PeerLink, to peer: PeerEndpoint, rqPSN: UInt32, fromRTR: Bool) -> Int32 {
+        guard let modify = ops.modify_qp else { return ENOSYS }
+        let q = link.qp
+        let real = q.real
+        if !fromRTR {
+            var reset = ibv_qp_attr()
+            reset.qp_state = IBV_QPS_RESET
+            let rc = modify(real, &reset, stateMask)
+            if rc != 0 { return rc }
+        }
+        var reachedRTR = false
+        for t in q.journal.qpTransitions {
+            let isRTR = t.mask & stateMask != 0 && t.attr.qp_state == IBV_QPS_RTR
+            if isRTR { reachedRTR = true }
+            if fromRTR && !reachedRTR { continue }
+            var a = t.attr
+            if t.mask & bits(IBV_QP_DEST_QPN) != 0 { a.dest_qp_num = peer.qpn }
+            if t.mask & bits(IBV_QP_AV) != 0 {
+                if a.ah_attr.is_global != 0 { a.ah_attr.grh.dgid = peer.gid }
+                if a.ah_attr.dlid != 0 { a.ah_attr.dlid = peer.lid }
+            }
+            if t.mask & bits(IBV_QP_RQ_PSN) != 0 { a.rq_psn = rqPSN }
+            if t.mask & bits(IBV_QP_SQ_PSN) != 0 { a.sq_psn = peer.psn }
+            let rc = modify(real, &a, t.mask)
+            if rc != 0 {
+                Log.error("peer: \(link.label): QP to state \(a.qp_state.rawValue) failed (errno \(rc))")
+                return rc
+            }
+        }
+        link.remoteRealQPN = peer.qpn
+        link.remoteRealGID = peer.gid
+        link.remoteRealLID = peer.lid
+        let rk = link.ids.pointer(to: \.rkeys)!
+        for (v, r) in peer.rkeys { _ = IdentityMap.set(rk, key: v, value: r) }
+        return 0
+    }
+
+    // MARK: - Counts
+
+    /// Retires what the peer already has (see the header) and remakes the receive completions that
+    /// died with our device. Control lock; the QP's queues are not in use by hardware.
+    func applyCounts(_ link: PeerLink, peer: PeerEndpoint) {
+        let q = link.qp
+        var skipped = 0, remade = 0
+        if let seen = peer.seen, let r = q.ptr.pointee.send_ring {
+            let sigAll = r.pointee.sig_all != 0
+            let cq = q.initAttr.send_cq.map { cqRecord($0) }
+            var i = sv_ring_head(r)
+            let tail = sv_ring_tail(r)
+            var atomicsLost = 0
+            while i != tail {
+                let e = sv_ring_at(r, i)!
+                i &+= 1
+                if e.pointee.done != 0 { continue }
+                guard e.pointee.msgno < seen else { break }
+                let w = e.pointee.wr.send
+                if w.opcode == IBV_WR_RDMA_READ { continue }  // re-read when replayed
+                if w.opcode == IBV_WR_ATOMIC_CMP_AND_SWP || w.opcode == IBV_WR_ATOMIC_FETCH_AND_ADD { atomicsLost += 1 }
+                e.pointee.done = 1
+                skipped += 1
+                if sigAll || w.send_flags & UInt32(IBV_SEND_SIGNALED.rawValue) != 0, let cq {
+                    var wc = ibv_wc()
+                    wc.wr_id = w.wr_id
+                    wc.status = IBV_WC_SUCCESS
+                    wc.opcode = completionOpcode(w.opcode)
+                    wc.qp_num = q.virtualQPN
+                    cq.pending.append(wc)
+                }
+            }
+            sv_ring_settle(r)
+            cq?.publishPending()
+            if atomicsLost > 0 {
+                Log.warn("peer: \(link.label): \(atomicsLost) atomic(s) executed by the peer lost their results with the device (not executed again)")
+            }
+        }
+        if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring {
+            let cq = q.initAttr.recv_cq.map { cqRecord($0) }
+            var seen = sv_ring_head(r)
+            while seen < peer.acked, sv_ring_head(r) != sv_ring_tail(r), let cq {
+                let e = sv_ring_at(r, sv_ring_head(r))!
+                var wc = ibv_wc()
+                wc.wr_id = e.pointee.wr.recv.wr_id
+                wc.status = IBV_WC_SUCCESS
+                wc.qp_num = q.virtualQPN
+                wc.opcode = IBV_WC_RECV
+                if let d = peer.messages[seen] {
+                    wc.byte_len = d.length
+                    let op = ibv_wr_opcode(rawValue: d.opcode)
+                    if op == IBV_WR_RDMA_WRITE_WITH_IMM { wc.opcode = IBV_WC_RECV_RDMA_WITH_IMM }
+                    if op == IBV_WR_RDMA_WRITE_WITH_IMM || op == IBV_WR_SEND_WITH_IMM {
+                        wc.wc_flags = UInt32(IBV_WC_WITH_IMM.rawValue)
+                        wc.imm_data = d.imm
+                    }
+                } else {
+                    Log.warn("peer: \(link.label): message \(seen) delivered but not described by the peer: its length is reported as 0")
+                }
+                cq.pending.append(wc)
+                e.pointee.done = 1
+                sv_ring_settle(r)
+                seen += 1
+                remade += 1
+            }
+            cq?.publishPending()
+        }
+        if skipped + remade > 0 {
+            Log.info("peer: \(link.label): \(skipped) send(s) the peer already had retired, \(remade) receive completion(s) remade")
+        }
+    }
+
+    // MARK: - The responder
+
+    /// A peer says its end of one of our links moved (service thread).
+    func answerMoved(_ d: (message: PeerMessage, signed: [UInt8], mac: String?)) -> [UInt8] {
+        let m = d.message
+        guard let toQPN = m.number("to_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
+              let fromQPN = m.number("from_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
+              let toGID = m["to_gid"].flatMap(gidFromHex), let peer = PeerEndpoint(m) else {
+            return PeerMessage("error").encoded(key: nil)
+        }
+        enum Mode { case busy, collide, denied, live, recovering }
+        let (link, mode): (PeerLink?, Mode) = withControlLock {
+            guard let q = localQP(qpn: toQPN, gid: toGID), let link = peers.links[key(q.ptr)],
+                  link.remoteQPN == fromQPN, PeerMessage.verify(d, key: link.key) else {
+                return (nil, .denied)
+            }
+            let c = q.context
+            let st = sv_ctx_state(c.ptr)
+            if c.released || c.peerHold { return (link, .busy) }
+            if st == SV_CTX_RECONNECTING.rawValue && link.state == .awaiting {
+                return (link, link.introducer ? .collide : .recovering)
+            }
+            guard st == SV_CTX_LIVE.rawValue, link.state == .ready else { return (link, .busy) }
+            // Hold the context: posts are buffered from here on, polls take the cold path.
+            c.peerHold = true
+            c.holdMarks = ringMarks(c)
+            sv_ctx_set_state(c.ptr, SV_CTX_QUIESCING.rawValue)
+            return (link, .live)
+        }
+        guard let link else {
+            Log.warn("peer: a `moved` claim for QP \(hex(toQPN)) was refused (unknown link or bad authentication)")
+            return PeerMessage("denied").encoded(key: nil)
+        }
+        switch mode {
+        case .denied: return PeerMessage("denied").encoded(key: nil)
+        case .busy: return PeerMessage("busy").encoded(key: link.key)
+        case .collide: return PeerMessage("collide").encoded(key: link.key)
+        case .live, .recovering: break
+        }
+        if mode == .live && recovery.graceUS > 0 { usleep(recovery.graceUS) }
+        return withControlLock {
+            let q = link.qp
+            let c = q.context
+            if mode == .live { drainCQs(c) }
+            let rqPSN = UInt32.random(in: 0...0xFFFFFF)
+            let rc = connect(link, to: peer, rqPSN: rqPSN, fromRTR: mode == .recovering)
+            var reply = PeerMessage(rc == 0 ? "reconnected" : "busy")
+            if rc == 0 {
+                describeEnd(link, psn: rqPSN, into: &reply)
+                applyCounts(link, peer: peer)
+                link.state = .ready
+                link.suspectSince = nil
+            }
+            if mode == .live {
+                // Our side never lost its hardware: re-post what the reset dropped on this QP and
+                // what was buffered on the others, then LIVE.
+                var n: UInt64 = 0
+                if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring {
+                    n &+= replayRecv(r, UnsafeMutableRawPointer(q.ptr), isSRQ: false)
+                }
+                if let r = q.ptr.pointee.send_ring { n &+= replaySend(r, q.ptr) }
+                n &+= replayBuffered(c, marks: c.holdMarks, except: q)
+                c.holdMarks = [:]
+                c.peerHold = false
+                sv_ctx_set_state(c.ptr, SV_CTX_LIVE.rawValue)
+                bumpRecoveryEpoch()
+                Log.info("peer: \(link.label): reconnected to the peer's new end (real QPN \(hex(peer.qpn))), \(n) work request(s) re-posted")
+            } else {
+                Log.info("peer: \(link.label): reconnected (both ends moved)")
+            }
+            return reply.encoded(key: link.key)
+        }
+    }
+
+    /// The tail of every ring of `c` (where buffering starts when the context is held).
+    func ringMarks(_ c: ContextRecord) -> [UInt: UInt64] {
+        var marks: [UInt: UInt64] = [:]
+        for q in c.qps.values {
+            if let r = q.ptr.pointee.send_ring { marks[UInt(bitPattern: r)] = sv_ring_tail(r) }
+            if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring { marks[UInt(bitPattern: r)] = sv_ring_tail(r) }
+        }
+        for s in c.srqs.values { if let r = s.ptr.pointee.recv_ring { marks[UInt(bitPattern: r)] = sv_ring_tail(r) } }
+        return marks
+    }
+
+    /// Posts what was buffered on `c`'s queues (beyond their marks) while it was held.
+    private func replayBuffered(_ c: ContextRecord, marks: [UInt: UInt64], except: QPRecord) -> UInt64 {
+        var n: UInt64 = 0
+        for s in c.nextOrder(c.srqs, { $0.sequence }) {
+            if let r = s.ptr.pointee.recv_ring, let mark = marks[UInt(bitPattern: r)] {
+                n &+= replayRecv(r, UnsafeMutableRawPointer(s.ptr), isSRQ: true, from: mark)
+            }
+        }
+        for q in c.nextOrder(c.qps, { $0.sequence }) where q !== except {
+            if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring, let mark = marks[UInt(bitPattern: r)] {
+                n &+= replayRecv(r, UnsafeMutableRawPointer(q.ptr), isSRQ: false, from: mark)
+            }
+        }
+        for q in c.nextOrder(c.qps, { $0.sequence }) where q !== except {
+            if let r = q.ptr.pointee.send_ring, let mark = marks[UInt(bitPattern: r)] { n &+= replaySend(r, q.ptr, from: mark) }
+        }
+        return n
+    }
+
+    // MARK: - The mover
+
+    /// After a rebuild (recovery thread, no lock held): reconnects every link of the group's QPs
+    /// that waits in INIT. Returns when each is reconnected or given up on.
+    func reconnectLinks(_ group: [ContextRecord]) {
+        let links: [PeerLink] = withControlLock {
+            group.flatMap { c in c.qps.values.compactMap { q in peers.links[key(q.ptr)].flatMap { $0.state == .awaiting ? $0 : nil } } }
+        }
+        guard !links.isEmpty else { return }
+        let start = monotonicNS()
+        let deadline = start &+ peers.timeoutNS
+        var pending = links
+        var delay: UInt32 = 2_000
+        var attempts = 0
+        while !pending.isEmpty {
+            var next: [PeerLink] = []
+            for link in pending {
+                attempts += 1
+                let outcome = reconnectOnce(link)
+                if outcome != "reconnected" && outcome != "done" {
+                    Log.info("peer: \(link.label): reconnect attempt \(attempts): \(outcome) after \(ms(monotonicNS() &- start))")
+                    next.append(link)
+                }
+            }
+            pending = next
+            if pending.isEmpty { break }
+            if monotonicNS() >= deadline {
+                withControlLock {
+                    for link in pending where link.state == .awaiting {
+                        Log.warn("peer: \(link.label): the peer shim did not answer within \(peers.timeoutNS / 1_000_000) ms: the connection fails as it would natively")
+                        failLink(link, status: IBV_WC_RETRY_EXC_ERR)
+                    }
+                }
+                return
+            }
+            usleep(delay)
+            delay = min(delay * 2, 50_000)
+        }
+        Log.info("peer: \(links.count) link(s) reconnected in \(ms(monotonicNS() &- start)) (\(attempts) attempt(s))")
+    }
+
+    /// One attempt: "reconnected" or "done" when the link no longer waits, else what happened.
+    private func reconnectOnce(_ link: PeerLink) -> String {
+        let prepared: (PeerMessage, [UInt8], PeerHost, UInt16, UInt32)? = withControlLock {
+            guard link.state == .awaiting, let host = link.host else { return nil }
+            let psn = UInt32.random(in: 0...0xFFFFFF)
+            var m = PeerMessage("moved")
+            describeEnd(link, psn: psn, into: &m)
+            return (m, link.key, host, link.servicePort, psn)
+        }
+        guard let (request, key, host, port, psn) = prepared else { return "done" }
+        guard let bytes = PeerSocket.exchange(host: host, port: port, request: request.encoded(key: key), timeoutMS: 1000),
+              let d = PeerMessage.decode(bytes) else { return "no answer from \(host) port \(port)" }
+        guard PeerMessage.verify(d, key: key) else {
+            Log.warn("peer: \(link.label): an unauthenticated answer (\(d.message.verb)) was ignored")
+            return "unauthenticated answer"
+        }
+        switch d.message.verb {
+        case "reconnected":
+            guard let peer = PeerEndpoint(d.message) else { return "malformed answer" }
+            return withControlLock {
+                let rc = connect(link, to: peer, rqPSN: psn, fromRTR: true)
+                if rc != 0 { return "local QP transition failed (errno \(rc))" }
+                applyCounts(link, peer: peer)
+                link.state = .ready
+                Log.info("peer: \(link.label): reconnected (peer's real QPN \(hex(peer.qpn)))")
+                return "reconnected"
+            }
+        case "collide":
+            // The peer moved too and wins: its request reaches our service, which answers it.
+            return withControlLock { link.state != .awaiting } ? "done" : "collide (waiting for the peer's request)"
+        default:
+            return d.message.verb
+        }
+    }
+
+    // MARK: - Giving up
+
+    /// The peer is not coming back: the QP goes to the error state and every outstanding work
+    /// request completes in error (the first send with `status`, the rest flushed). Control lock.
+    func failLink(_ link: PeerLink, status: ibv_wc_status) {
+        let q = link.qp
+        link.state = .unmanaged
+        link.suspectSince = nil
+        var attr = ibv_qp_attr()
+        attr.qp_state = IBV_QPS_ERR
+        _ = ops.modify_qp?(q.real, &attr, stateMask)
+        q.ptr.pointee.qpx.qp_base.state = IBV_QPS_ERR
+        var first = true
+        if let r = q.ptr.pointee.send_ring, let cq = q.initAttr.send_cq.map({ cqRecord($0) }) {
+            var i = sv_ring_head(r)
+            while i != sv_ring_tail(r) {
+                let e = sv_ring_at(r, i)!
+                i &+= 1
+                if e.pointee.done != 0 { continue }
+                var wc = ibv_wc()
+                wc.wr_id = e.pointee.wr.send.wr_id
+                wc.status = first ? status : IBV_WC_WR_FLUSH_ERR
+                wc.qp_num = q.virtualQPN
+                first = false
+                cq.pending.append(wc)
+                e.pointee.done = 1
+            }
+            sv_ring_settle(r)
+            cq.publishPending()
+        }
+        if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring, let cq = q.initAttr.recv_cq.map({ cqRecord($0) }) {
+            var i = sv_ring_head(r)
+            while i != sv_ring_tail(r) {
+                let e = sv_ring_at(r, i)!
+                i &+= 1
+                if e.pointee.done != 0 { continue }
+                var wc = ibv_wc()
+                wc.wr_id = e.pointee.wr.recv.wr_id
+                wc.status = IBV_WC_WR_FLUSH_ERR
+                wc.qp_num = q.virtualQPN
+                cq.pending.append(wc)
+                e.pointee.done = 1
+            }
+            sv_ring_settle(r)
+            cq.publishPending()
+        }
+        for cq in q.context.cqs.values where cq.channel != nil && !cq.pending.isEmpty { cq.owedEvent = true }
+        bumpRecoveryEpoch()
+    }
+}
+
+func completionOpcode(_ op: ibv_wr_opcode) -> ibv_wc_opcode {
+    switch op {
+    case IBV_WR_RDMA_WRITE, IBV_WR_RDMA_WRITE_WITH_IMM: return IBV_WC_RDMA_WRITE
+    case IBV_WR_RDMA_READ: return IBV_WC_RDMA_READ
+    case IBV_WR_ATOMIC_CMP_AND_SWP: return IBV_WC_COMP_SWAP
+    case IBV_WR_ATOMIC_FETCH_AND_ADD: return IBV_WC_FETCH_ADD
+    case IBV_WR_BIND_MW: return IBV_WC_BIND_MW
+    case IBV_WR_LOCAL_INV: return IBV_WC_LOCAL_INV
+    default: return IBV_WC_SEND
+    }
+}
