@@ -1,0 +1,77 @@
+// The peer protocol in the lab (issue 4): unmodified ibv_rc_pingpong / ibv_srq_pingpong through
+// the shim on real rxe while one guest's device (or NIC) goes away and comes back, and with both
+// ends in one guest (both move at once). Every program must end with exit status 0 and its normal
+// output; the shim must have recovered once per loss. The guest side is scripts/peer-recovery.sh.
+// CI runs small counts; `PEER_LOSSES=5 swift test --filter PeerRecovery` runs the full ones.
+
+import Foundation
+import Testing
+
+/// One `PEER-RESULT side=… rc=… iters=… recoveries=…` line.
+struct PeerResult: CustomStringConvertible {
+    var side: String, rc: String, iters: Int, recoveries: Int
+    init?(_ line: String) {
+        guard let r = line.range(of: "PEER-RESULT ") else { return nil }
+        var f: [String: String] = [:]
+        for kv in line[r.upperBound...].split(separator: " ") {
+            let p = kv.split(separator: "=", maxSplits: 1)
+            if p.count == 2 { f[String(p[0])] = String(p[1]) }
+        }
+        guard let s = f["side"], let rc = f["rc"], let i = f["iters"].flatMap({ Int($0) }),
+              let k = f["recoveries"].flatMap({ Int($0) }) else { return nil }
+        side = s; self.rc = rc; iters = i; recoveries = k
+    }
+    var description: String { "\(side): rc=\(rc) iters=\(iters) recoveries=\(recoveries)" }
+}
+
+private let script = "sh Tests/LabTests/scripts/peer-recovery.sh"
+private let losses = ProcessInfo.processInfo.environment["PEER_LOSSES"].flatMap { Int($0) }
+
+extension LabTests {
+    private func expectSurvived(_ lines: [(guest: Int, text: String)], status: Int32, iterations: Int,
+                                movers: [String: Int]) {
+        let results = lines.compactMap { PeerResult($0.text) }
+        #expect(status == 0)
+        for side in ["server", "client"] {
+            let r = results.filter { $0.side == side }
+            #expect(r.count == 1, "\(side): \(results)")
+            guard let one = r.first else { continue }
+            #expect(one.rc == "0" && one.iters == iterations, "\(side) did not finish normally: \(one)")
+            #expect(one.recoveries == movers[side, default: 0], "\(side): \(one.recoveries) recoveries, expected \(movers[side, default: 0])")
+        }
+    }
+
+    @Test("peer protocol: ibv_rc_pingpong across two guests while the client guest's rxe0 is deleted and re-added",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
+    func peerRCDeviceDelete() async throws {
+        let k = losses ?? 2
+        let n = 1500 + 1000 * k
+        let (status, lines, _) = try await Lab.run([
+            "\(script) server ibv_rc_pingpong \(n) 0",
+            "\(script) client ibv_rc_pingpong \(n) \(k) delete",
+        ], guests: 2, timeout: Double(200 + 60 * k))
+        expectSurvived(lines, status: status, iterations: n, movers: ["client": k])
+    }
+
+    @Test("peer protocol: ibv_rc_pingpong across two guests while the client guest's NIC is replaced (new MAC)",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
+    func peerRCNICReplace() async throws {
+        let k = losses.map { min($0, 3) } ?? 1
+        let n = 1500 + 1000 * k
+        let (status, lines, _) = try await Lab.run([
+            "\(script) server ibv_rc_pingpong \(n) 0",
+            "\(script) client ibv_rc_pingpong \(n) \(k) nic",
+        ], guests: 2, timeout: Double(200 + 60 * k))
+        expectSurvived(lines, status: status, iterations: n, movers: ["client": k])
+    }
+
+    @Test("peer protocol: both ends in one guest move at once (ibv_rc_pingpong, ibv_srq_pingpong)",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)),
+          arguments: ["ibv_rc_pingpong", "ibv_srq_pingpong"])
+    func peerBothMove(program: String) async throws {
+        let k = losses ?? 2
+        let n = 3000 + 1500 * k
+        let (status, lines, _) = try await Lab.run(["\(script) both \(program) \(n) \(k) delete"], timeout: Double(200 + 60 * k))
+        expectSurvived(lines, status: status, iterations: n, movers: ["server": k, "client": k])
+    }
+}
