@@ -34,6 +34,9 @@ struct StableVerbsCommand: ParsableCommand {
     )
 
     static let noProcessStatus: Int32 = 3
+
+    /// `stableverbs --runtime-dir DIR status` (the subcommands take it after their name too).
+    @OptionGroup var options: DirectoryOptions
 }
 
 struct DirectoryOptions: ParsableArguments {
@@ -43,8 +46,10 @@ struct DirectoryOptions: ParsableArguments {
         valueName: "dir"))
     var runtimeDirectory: String?
 
-    var directory: String {
-        runtimeDirectory ?? RuntimeDirectory.path { name in getenv(name).map { String(cString: $0) } }
+    /// This option, else the root command's, else the default.
+    func directory(_ root: StableVerbsCommand) -> String {
+        runtimeDirectory ?? root.options.runtimeDirectory
+            ?? RuntimeDirectory.path { name in getenv(name).map { String(cString: $0) } }
     }
 }
 
@@ -54,12 +59,13 @@ extension StableVerbsCommand {
             abstract: "Show every shimmed process: its contexts (virtual and real device, state, objects) and its recoveries.")
 
         @OptionGroup var options: DirectoryOptions
+        @ParentCommand var root: StableVerbsCommand
         @Flag(help: "Print one JSON object.") var json = false
         @Option(help: ArgumentHelp("Seconds to wait for each process's answer.", valueName: "seconds"))
         var timeout: Double = 10
 
         func run() throws {
-            let dir = options.directory
+            let dir = options.directory(root)
             try Session(directory: dir, request: .status, timeout: timeout, printEmpty: json).run { answers, removed in
                 if json {
                     print(Report.statusJSON(answers, directory: dir, removed: removed))
@@ -81,6 +87,7 @@ extension StableVerbsCommand {
                 """)
 
         @OptionGroup var options: DirectoryOptions
+        @ParentCommand var root: StableVerbsCommand
         @Option(help: ArgumentHelp("Only the contexts on this RDMA device (e.g. mlx5_0).", valueName: "device"))
         var device: String?
         @Option(help: ArgumentHelp("Seconds to wait for each process.", valueName: "seconds"))
@@ -94,7 +101,7 @@ extension StableVerbsCommand {
         }
 
         func run() throws {
-            try Session(directory: options.directory, request: .detach(device: device), timeout: timeout, printEmpty: false)
+            try Session(directory: options.directory(root), request: .detach(device: device), timeout: timeout, printEmpty: false)
                 .run { answers, _ in answers.forEach { print(Report.detachOrAttach($0, verb: "detached")) } }
         }
     }
@@ -109,6 +116,7 @@ extension StableVerbsCommand {
                 """)
 
         @OptionGroup var options: DirectoryOptions
+        @ParentCommand var root: StableVerbsCommand
         @Option(help: ArgumentHelp("Seconds to wait for each process.", valueName: "seconds"))
         var timeout: Double = 120
 
@@ -117,7 +125,7 @@ extension StableVerbsCommand {
         }
 
         func run() throws {
-            try Session(directory: options.directory, request: .attach, timeout: timeout, printEmpty: false)
+            try Session(directory: options.directory(root), request: .attach, timeout: timeout, printEmpty: false)
                 .run { answers, _ in answers.forEach { print(Report.detachOrAttach($0, verb: "attached")) } }
         }
     }

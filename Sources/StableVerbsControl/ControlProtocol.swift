@@ -48,7 +48,7 @@ public enum ControlProtocol {
     }
 
     /// One reply line: `kind key=value ...`.
-    public struct Record: Equatable, Sendable {
+    public struct Record: Sendable {
         public var kind: String
         public var fields: [(key: String, value: String)]
 
@@ -73,11 +73,6 @@ public enum ControlProtocol {
                 guard let eq = w.firstIndex(of: "=") else { return nil }
                 fields.append((key: String(w[..<eq]), value: ControlProtocol.unescape(w[w.index(after: eq)...])))
             }
-        }
-
-        public static func == (a: Record, b: Record) -> Bool {
-            a.kind == b.kind && a.fields.count == b.fields.count
-                && zip(a.fields, b.fields).allSatisfy { $0.key == $1.key && $0.value == $1.value }
         }
     }
 

@@ -290,6 +290,8 @@ struct ControlTests {
             let out = try stableverbs(verb + ["--runtime-dir", missing])
             #expect(out.status == 3 && out.stderr.contains("no shimmed process (no live control socket in \(missing))"), "\(verb): \(out)")
         }
+        let global = try stableverbs(["--runtime-dir", missing, "status"])  // the option before the subcommand
+        #expect(global.status == 3 && global.stderr.contains("no live control socket in \(missing))"), "\(global)")
         let emptyJSON = try stableverbs(["status", "--json", "--runtime-dir", missing])
         #expect((json(emptyJSON)?["processes"] as? [Any])?.isEmpty == true, "\(emptyJSON)")
 
@@ -372,7 +374,7 @@ struct ControlTests {
         #expect(needed.status == 0, "\(needed)")
         #expect(!needed.stdout.contains("stableverbs"), "the command links the shim: \(needed)")
         let help = try stableverbs(["--help"])
-        #expect(help.status == 0 && help.stdout.contains("USAGE: stableverbs <subcommand>"), "\(help)")
+        #expect(help.status == 0 && help.stdout.contains("USAGE: stableverbs [--runtime-dir <dir>] <subcommand>"), "\(help)")
         for sub in ["status", "detach", "attach"] { #expect(help.stdout.contains(sub), "\(help)") }
         let bad = try stableverbs(["detach", "--timeout", "0"])
         #expect(bad.status == 64, "\(bad)")
