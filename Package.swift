@@ -9,6 +9,10 @@ let package = Package(
         .library(name: "stableverbs", type: .dynamic, targets: ["StableVerbs"]),
         // The Swift module, for Swift programs that link the shim directly.
         .library(name: "StableVerbs", targets: ["StableVerbs"]),
+        // The `stableverbs` command (status, planned detach/attach). SwiftPM allows one product per
+        // name and "stableverbs" is the library's, so the product is stableverbs-cli; scripts/build
+        // puts it next to the library as `stableverbs` (README: "The stableverbs command").
+        .executable(name: "stableverbs-cli", targets: ["StableVerbsCommand"]),
         .executable(name: "stableverbs-lab", targets: ["stableverbs-lab"]),
     ],
     dependencies: [
@@ -38,11 +42,22 @@ let package = Package(
             name: "SoftHCA",
             dependencies: ["CVerbs", "StableVerbsABI"]
         ),
+        // The control protocol and the runtime directory, shared by the shim's control socket and
+        // the command (plain Glibc: no Foundation in the preload library).
+        .target(name: "StableVerbsControl"),
         // The Swift core and the exported verbs.
         .target(
             name: "StableVerbs",
-            dependencies: ["CVerbs", "StableVerbsABI", "CStableVerbs", "SoftHCA",
+            dependencies: ["CVerbs", "StableVerbsABI", "CStableVerbs", "SoftHCA", "StableVerbsControl",
                            .product(name: "Crypto", package: "swift-crypto")]
+        ),
+        // The command: talks to every shimmed process's control socket (never links the shim).
+        .executableTarget(
+            name: "StableVerbsCommand",
+            dependencies: [
+                "StableVerbsControl",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         // The lab: QEMU guests with rdma_rxe (Lab/ holds the guest-side scripts).
         .target(
@@ -58,7 +73,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "SoftHCATests", dependencies: ["SoftHCA", "CVerbs", "StableVerbsABI"]),
-        .testTarget(name: "StableVerbsTests", dependencies: ["StableVerbs", "CVerbs", "StableVerbsABI"]),
+        .testTarget(name: "StableVerbsTests", dependencies: ["StableVerbs", "CVerbs", "StableVerbsABI", "StableVerbsControl"]),
         .testTarget(name: "LabTests", dependencies: ["LabKit"]),
     ]
 )

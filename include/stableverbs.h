@@ -128,6 +128,20 @@ struct stableverbs_recovery_stats {
 /* `size` is sizeof(struct stableverbs_recovery_stats) as the caller knows it. */
 int stableverbs_recovery_stats(struct stableverbs_recovery_stats *stats, size_t size);
 
+/*
+ * The control socket (the `stableverbs` command talks to it: status, detach, attach).
+ *
+ * Every shimmed process listens on <dir>/<pid>.sock, made when it opens its first device context;
+ * <dir> is $STABLEVERBS_RUNTIME_DIR, else $XDG_RUNTIME_DIR/stableverbs, else /tmp/stableverbs-<uid>
+ * (created 0700; refused, with an error in the log and no socket, when it is not a directory of
+ * this uid or the group or others can reach it). The socket is 0600, accepts the same uid or root,
+ * and is removed at exit; a fork child gets its own at its next context open.
+ *
+ * stableverbs_control_path copies this process's socket path into buf: 0, ENOENT (no socket yet,
+ * or it was refused), ERANGE (len too small for the path and its NUL), EINVAL (buf NULL or len 0).
+ */
+int stableverbs_control_path(char *buf, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,7 +8,6 @@ public struct LabPaths: Sendable {
     public var cache: String
     /// The shim library handed to guests as STABLEVERBS_LIB.
     public var library: String
-
     public var labScripts: String { root + "/Lab" }
     public var kernelRoot: String { cache + "/kernel" }
     public var initramfs: String { cache + "/initramfs.cpio.gz" }
@@ -44,6 +43,18 @@ public struct LabPaths: Sendable {
             }
         }
         throw LabError.setup("cannot find the StableVerbs package (a folder with Package.swift and Lab/init); run from inside it or set STABLEVERBS_LAB_ROOT")
+    }
+
+    /// The `stableverbs` command for the guests: $STABLEVERBS_COMMAND, else the first that exists of
+    /// `stableverbs` next to the library (scripts/build puts it there), the release and the debug
+    /// stableverbs-cli of the package; nil when none is built.
+    public var command: String? {
+        if let c = ProcessInfo.processInfo.environment["STABLEVERBS_COMMAND"], !c.isEmpty {
+            return LabPaths.absolute(c)
+        }
+        let candidates = [(library as NSString).deletingLastPathComponent + "/stableverbs",
+                          root + "/.build/release/stableverbs-cli", root + "/.build/debug/stableverbs-cli"]
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
     public static func absolute(_ p: String) -> String {

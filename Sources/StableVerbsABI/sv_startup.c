@@ -13,6 +13,8 @@ static const char *const env_names[] = {
 	/* recovery (Sources/StableVerbs/Recovery/Recovery.swift) */
 	"STABLEVERBS_MATCH", "STABLEVERBS_MATCH_WAIT_MS", "STABLEVERBS_QUIESCE_MS", "STABLEVERBS_GRACE_US",
 	"STABLEVERBS_DEVICE_WAIT_MS", "STABLEVERBS_RESCAN_MS",
+	/* the control socket's directory (Sources/StableVerbsControl/RuntimeDirectory.swift) */
+	"STABLEVERBS_RUNTIME_DIR", "XDG_RUNTIME_DIR",
 };
 #define ENV_COUNT (sizeof(env_names) / sizeof(env_names[0]))
 static char *env_values[ENV_COUNT];

@@ -44,7 +44,9 @@ struct Run: AsyncParsableCommand {
         STABLEVERBS_LAB_GUESTS, STABLEVERBS_LAB_ROLE (server on guest 0, client on guest 1),
         STABLEVERBS_LAB_IP (this guest), STABLEVERBS_LAB_PEER (the other guest; this guest's own
         address when alone), STABLEVERBS_LAB_DEVICE=rxe0, STABLEVERBS_LAB_GID_INDEX=1.
-        PATH starts with /run/lab: lab-device (device loss) and lab-programs (the program suite).
+        PATH starts with /run/lab: lab-device (device loss), lab-programs (the program suite) and
+        stableverbs (the command, STABLEVERBS_COMMAND: $STABLEVERBS_COMMAND, else `stableverbs` next
+        to the library, else the package's release or debug stableverbs-cli).
         """)
     @Option(help: "Number of guests (1 or 2).") var guests = 1
     @Option(help: "Seconds before the guests are killed.") var timeout: Double = 300

@@ -30,6 +30,11 @@ enum Lab {
             : "\(library) does not exist: build it with `swift build -c release -Xswiftc -static-stdlib --product stableverbs`, or set STABLEVERBS_LIB"
     }
     static var shimAvailable: Bool { available && libraryMissing == nil }
+    /// The `stableverbs` command the guests get (LabPaths.command).
+    static var commandAvailable: Bool { shimAvailable && paths?.command != nil }
+    static var commandReason: String {
+        shimAvailable ? "no stableverbs command built (scripts/build, or swift build --product stableverbs-cli)" : shimReason
+    }
     static var shimReason: String { unavailable.map { "lab unavailable: \($0)" } ?? libraryMissing ?? "" }
 
     /// Runs a lab command; prints each line (prefixed) as it comes; returns status and lines.
@@ -247,6 +252,49 @@ struct LabTests {
     func programsTwoGuestsShim() async throws {
         let (status, lines, _) = try await Lab.run(["lab-programs --mode shim"], guests: 2, timeout: 400)
         checkPrograms(lines, mode: "shim", status: status)
+    }
+
+    /// The orchestrator's flow on the real rxe0, with the `stableverbs` command on the guest's PATH:
+    /// a shimmed program keeps verifying its traffic (Tests/Programs/recovery.c -m external, both
+    /// ends in the process, loopback on rxe0) while `stableverbs detach` releases the device, the
+    /// NIC under rxe0 is hot-unplugged and a new one plugged (what a VF swap does), and
+    /// `stableverbs attach` rebuilds on the new rxe0; then a second detach/attach without a
+    /// replacement. Nothing lost, duplicated or in error.
+    @Test("stableverbs detach, NIC replaced, stableverbs attach: the program carries on",
+          .enabled(if: Lab.commandAvailable, Comment(rawValue: Lab.commandReason)))
+    func commandDetachReplaceAttach() async throws {
+        let (status, lines, _) = try await Lab.run(["""
+            echo "command=$(command -v stableverbs)"
+            cc -O2 -Iinclude -ITests/Programs -o /tmp/recovery Tests/Programs/recovery.c -libverbs || exit 9
+            SVTEST_DEVICE=rxe0 SVTEST_TIMEOUT=250 SVTEST_POLL_SECONDS=150 STABLEVERBS_QUIESCE_MS=200 STABLEVERBS_LOG=info \
+                LD_PRELOAD=$STABLEVERBS_LIB /tmp/recovery -m external -k 2 > /tmp/r.out 2>&1 &
+            p=$!; i=0
+            while [ ! -S /tmp/stableverbs-0/$p.sock ] && [ $i -lt 300 ]; do sleep 0.2; i=$((i+1)); done
+            echo "program-pid=$p"
+            stableverbs status; echo "status-rc=$?"
+            stableverbs detach; echo "detach-rc=$?"
+            stableverbs status
+            timeout 120 lab-device nic-replace; echo "replace-rc=$?"
+            stableverbs attach; echo "attach-rc=$?"
+            stableverbs status
+            stableverbs detach && stableverbs attach; echo "again-rc=$?"
+            wait $p; echo "program-rc=$?"
+            grep '^recovery: ' /tmp/r.out
+            stableverbs status; echo "after-rc=$?"
+            """], timeout: 300)
+        #expect(status == 0)
+        let text = lines.map(\.text)
+        let pid = text.first { $0.hasPrefix("program-pid=") }.map { String($0.dropFirst("program-pid=".count)) } ?? "?"
+        #expect(text.contains("command=/run/lab/stableverbs"), "the command is not on the guest's PATH")
+        for step in ["status-rc=0", "detach-rc=0", "replace-rc=0", "attach-rc=0", "again-rc=0", "program-rc=0", "after-rc=3"] {
+            #expect(text.contains(step), "missing \(step)")
+        }
+        #expect(text.contains("pid \(pid) (recovery), lower libibverbs: 1 context, 0 recoveries"))
+        #expect(text.contains { $0.hasPrefix("pid \(pid) (recovery): detached 1 context in ") })
+        #expect(text.contains { $0.hasPrefix("    rxe0: released (detached: waiting for attach)") })
+        #expect(text.contains { $0.hasPrefix("pid \(pid) (recovery): attached 1 context in ") })
+        #expect(text.contains { $0.hasPrefix("    rxe0 on rxe0: live, generation 1, 2 QPs") })
+        #expect(text.contains { $0.hasPrefix("recovery: external, ") && $0.hasSuffix(" 2 recoveries, 1 devices, 0 errors") })
     }
 
     /// A shimmed client talks to a native server (which only the real rxe0 can reach), and the QPN it

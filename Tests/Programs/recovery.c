@@ -9,7 +9,7 @@
  * counter ends at the number of messages. No completion may carry an error; the virtual QPN, keys
  * and fd numbers must not change.
  *
- *   recovery -m planned|fatal|rxe|rename|failrebuild [-n bursts] [-k recoveries]
+ *   recovery -m planned|fatal|rxe|rename|failrebuild|external [-n bursts] [-k recoveries]
  *
  *   planned     stableverbs_detach(NULL) with work in flight; B posts and polls while released
  *               (buffered posts, completions kept from the released CQs); stableverbs_attach()
@@ -19,6 +19,11 @@
  *   rename      fatal, and it comes back under another name with new GUID/LIDs/GIDs
  *               (run with STABLEVERBS_MATCH=any)
  *   failrebuild fatal, and the first create_qp of the rebuild fails with EIO (retried)
+ *   external    the program only works; something outside (the `stableverbs` command, through the
+ *               control socket) detaches and attaches. Each burst pauses 2 ms with its work in
+ *               flight (where planned detaches). Prints "recovery: external, pid P, control PATH"
+ *               once its contexts are open; ends two bursts after stableverbs_recovery_stats
+ *               counts k recoveries (-n is ignored)
  *
  * The stableverbs_* functions are found with dlsym(RTLD_DEFAULT): run under LD_PRELOAD.
  */
@@ -49,6 +54,7 @@ static __typeof__(&stableverbs_attach) sv_attach;
 static __typeof__(&stableverbs_recovery_stats) sv_stats;
 static __typeof__(&stableverbs_qp_identity) sv_qp_identity;
 static __typeof__(&stableverbs_real_device_name) sv_real_name;
+static __typeof__(&stableverbs_generation) sv_generation;
 static int (*sh_remove)(const char *, int);
 static int (*sh_restore)(const char *, const char *, int);
 static int (*sh_pending)(const char *);
@@ -114,7 +120,7 @@ static void post_send(struct tp_end *e, enum ibv_wr_opcode op, uint64_t wr_id, v
 	TP_CHECK(rc == 0, "ibv_post_send(op %d) failed: %s", op, strerror(rc));
 }
 
-enum mode { PLANNED, FATAL, RXE, RENAME, FAILREBUILD };
+enum mode { PLANNED, FATAL, RXE, RENAME, FAILREBUILD, EXTERNAL };
 
 static void print_stats(int k)
 {
@@ -140,6 +146,7 @@ int main(int argc, char **argv)
 			       : !strcmp(optarg, "rxe")   ? RXE
 			       : !strcmp(optarg, "rename") ? RENAME
 			       : !strcmp(optarg, "failrebuild") ? FAILREBUILD
+			       : !strcmp(optarg, "external") ? EXTERNAL
 							      : (enum mode)-1;
 			TP_CHECK((int)mode >= 0, "unknown mode %s", optarg);
 			break;
@@ -154,6 +161,7 @@ int main(int argc, char **argv)
 	sv_stats = need("stableverbs_recovery_stats");
 	sv_qp_identity = need("stableverbs_qp_identity");
 	sv_real_name = need("stableverbs_real_device_name");
+	sv_generation = need("stableverbs_generation");
 	sh_remove = need("stableverbs_softhca_remove_device");
 	sh_restore = need("stableverbs_softhca_restore_device");
 	sh_pending = need("stableverbs_softhca_removal_pending");
@@ -186,7 +194,16 @@ int main(int argc, char **argv)
 		tp_post_recv(&b, b_slot % (2 * BURST), b.buf + B_RECV_OFF + (b_slot % (2 * BURST)) * SLOT, SLOT);
 	tp_post_recv(&a, 999, a.buf + A_PONG_OFF, SLOT);
 
-	for (int it = 0; it < bursts; it++) {
+	int extra_bursts = 2;
+	if (mode == EXTERNAL) {
+		static __typeof__(&stableverbs_control_path) sv_control_path;
+		sv_control_path = need("stableverbs_control_path");
+		char path[256];
+		int rc = sv_control_path(path, sizeof(path));
+		TP_CHECK(rc == 0, "stableverbs_control_path: %s", strerror(rc));
+		printf("recovery: external, pid %d, control %s\n", (int)getpid(), path);
+	}
+	for (int it = 0; mode == EXTERNAL ? extra_bursts > 0 : it < bursts; it++) {
 		/* A: a burst of WRITE (unsignaled), FETCH_AND_ADD, SEND per message. */
 		for (int j = 0; j < BURST; j++) {
 			uint32_t seq = next_seq++;
@@ -203,8 +220,19 @@ int main(int argc, char **argv)
 			post_send(&a, IBV_WR_SEND, (uint64_t)seq << 8 | 3, m, SLOT, 1, 0, 0);
 		}
 
-		int recover = done < recoveries && it > 0 && it % at_every == 0;
-		if (recover && mode == PLANNED) {
+		int recover = mode != EXTERNAL && done < recoveries && it > 0 && it % at_every == 0;
+		if (mode == EXTERNAL) {
+			/* Work in flight (2 SENDs wait for receives) while a detach may come from outside. */
+			usleep(2000);
+			struct stableverbs_recovery_stats st;
+			memset(&st, 0, sizeof(st));
+			TP_CHECK(sv_stats(&st, sizeof(st)) == 0, "stableverbs_recovery_stats failed");
+			done = (int)st.count;
+			if (done >= recoveries)
+				extra_bursts--;
+			for (int i = 0; i < 2; i++, b_slot++)
+				tp_post_recv(&b, b_slot % (2 * BURST), b.buf + B_RECV_OFF + (b_slot % (2 * BURST)) * SLOT, SLOT);
+		} else if (recover && mode == PLANNED) {
 			/* Work in flight (2 SENDs wait for receives); detach, keep working while released. */
 			int rc = sv_detach(NULL);
 			check(rc == 0, "stableverbs_detach: %s", strerror(rc));
@@ -296,20 +324,35 @@ int main(int argc, char **argv)
 	}
 
 	check(*counter == next_seq, "B's counter is %" PRIu64 " after %u FETCH_AND_ADDs", *counter, next_seq);
-	check(done == recoveries, "%d recoveries done, %d asked for", done, recoveries);
+	if (mode == EXTERNAL) {
+		struct stableverbs_recovery_stats st;
+		memset(&st, 0, sizeof(st));
+		TP_CHECK(sv_stats(&st, sizeof(st)) == 0, "stableverbs_recovery_stats failed");
+		done = (int)st.count;
+		check(done >= recoveries, "%d recoveries done, %d asked for", done, recoveries);
+	} else {
+		check(done == recoveries, "%d recoveries done, %d asked for", done, recoveries);
+	}
 	check(a.qp->qp_num == vqpn_a && b.qp->qp_num == vqpn_b, "virtual QPNs changed");
 	check(a.mr->lkey == lkey_a && b.mr->rkey == rkey_b, "virtual keys changed");
 	check(da.ctx->async_fd == async_fd, "async fd number changed");
 	TP_CHECK(sv_qp_identity(a.qp, &v, &real_a) == 0, "stableverbs_qp_identity failed");
 	check(v == vqpn_a, "stableverbs_qp_identity: virtual 0x%x", v);
-	check(done == 0 || real_a != real_a0, "the real QPN did not change (0x%x): nothing was rebuilt", real_a);
+	if (mode == EXTERNAL) {
+		/* A device made anew (an rxe device on a replaced NIC) may hand out the same QPN again. */
+		uint32_t generation = 0;
+		TP_CHECK(sv_generation(da.ctx, &generation) == 0, "stableverbs_generation failed");
+		check(generation == (uint32_t)done, "generation %u after %d recoveries", generation, done);
+	} else {
+		check(done == 0 || real_a != real_a0, "the real QPN did not change (0x%x): nothing was rebuilt", real_a);
+	}
 	char name1[64];
 	TP_CHECK(sv_real_name(da.ctx, name1, sizeof(name1)) == 0, "stableverbs_real_device_name failed");
 	if (mode == RENAME)
 		check(strcmp(name1, da.name) == 0, "the context lives on %s, expected %s", name1, da.name);
 	printf("recovery: device %s -> %s\n", name0, name1);
 	print_stats(done);
-	static const char *names[] = {"planned", "fatal", "rxe", "rename", "failrebuild"};
+	static const char *names[] = {"planned", "fatal", "rxe", "rename", "failrebuild", "external"};
 	printf("recovery: %s, %u messages, %d recoveries, %d devices, %d errors\n", names[mode], next_seq, done, ndev,
 	       errors);
 	return errors ? 1 : 0;

@@ -134,6 +134,9 @@ enum Harness {
                       timedOut: timedOut, stdout: out, stderr: err)
     }
 
+    /// Where the programs' control sockets go unless a test says otherwise (made 0700 by the shim).
+    static let runtimeDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sv-control-\(getpid())").path
+
     /// The environment of this process without anything that would change how a program runs.
     static var cleanEnvironment: [String: String] {
         ProcessInfo.processInfo.environment.filter { key, _ in
@@ -151,6 +154,7 @@ enum Harness {
         env["STABLEVERBS_LOWER"] = "softhca"
         env["STABLEVERBS_SOFTHCA"] = setup.softHCA
         if passthrough { env["STABLEVERBS_PASSTHROUGH"] = "1" }
+        env["STABLEVERBS_RUNTIME_DIR"] = runtimeDirectory  // control sockets: not in the user's own directory
         for (k, v) in setup.environment { env[k] = v }
         for (k, v) in extraEnvironment { env[k] = v }
         return try run(exe, arguments, environment: env, timeout: timeout)

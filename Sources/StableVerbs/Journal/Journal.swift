@@ -6,6 +6,7 @@
 // (a fresh real QP starts in RESET), so the replay of a long-lived QP stays a handful of modifies.
 
 import CVerbs
+import StableVerbsABI
 
 enum JournalChange {
     /// ibv_modify_qp, attributes as the application passed them (virtual destination).

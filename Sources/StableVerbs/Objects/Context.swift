@@ -143,6 +143,7 @@ extension Runtime {
         loadIdentities(rec, first: true)
         contexts[key(c)] = rec
         prepareRecovery(rec)
+        startControlSocket()
         publishLIDs()
         Log.info("opened \(device.name): context \(String(UInt(bitPattern: rec.publicContext), radix: 16)), \(rec.ports.count) port(s)")
         return rec.publicContext

@@ -14,7 +14,7 @@ extern "C" {
  * unset. Names: STABLEVERBS_LOG, STABLEVERBS_LOG_FILE, STABLEVERBS_PASSTHROUGH,
  * STABLEVERBS_LOWER, STABLEVERBS_SOFTHCA, and the recovery's STABLEVERBS_MATCH,
  * STABLEVERBS_MATCH_WAIT_MS, STABLEVERBS_QUIESCE_MS, STABLEVERBS_GRACE_US, STABLEVERBS_DEVICE_WAIT_MS,
- * STABLEVERBS_RESCAN_MS. */
+ * STABLEVERBS_RESCAN_MS, and the control socket's STABLEVERBS_RUNTIME_DIR and XDG_RUNTIME_DIR. */
 const char *sv_env(const char *name);
 
 /* Real dlsym/dlvsym of the C library, for the shim's own dlsym interposer. */
