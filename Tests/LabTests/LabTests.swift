@@ -65,17 +65,22 @@ final class LineSink: @unchecked Sendable {
     var lines: [(guest: Int, text: String)] { lock.lock(); defer { lock.unlock() }; return _lines }
 }
 
+/// The `key=value` fields after `tag` in a line (nil when the tag is not there).
+func taggedFields(_ line: String, _ tag: String) -> [String: String]? {
+    guard let r = line.range(of: tag + " ") else { return nil }
+    var f: [String: String] = [:]
+    for kv in line[r.upperBound...].split(separator: " ") {
+        let p = kv.split(separator: "=", maxSplits: 1)
+        if p.count == 2 { f[String(p[0])] = String(p[1]) }
+    }
+    return f
+}
+
 /// One `LAB-RESULT case=… mode=… side=… rc=… count=…` line of Lab/lab-programs.
 struct ProgramResult: Hashable, CustomStringConvertible {
     var name: String, mode: String, side: String, rc: Int, count: Int
     init?(_ line: String) {
-        guard let r = line.range(of: "LAB-RESULT ") else { return nil }
-        var f: [String: String] = [:]
-        for kv in line[r.upperBound...].split(separator: " ") {
-            let p = kv.split(separator: "=", maxSplits: 1)
-            if p.count == 2 { f[String(p[0])] = String(p[1]) }
-        }
-        guard let n = f["case"], let m = f["mode"], let s = f["side"], let rc = f["rc"].flatMap({ Int($0) }),
+        guard let f = taggedFields(line, "LAB-RESULT"), let n = f["case"], let m = f["mode"], let s = f["side"], let rc = f["rc"].flatMap({ Int($0) }),
               let c = f["count"].flatMap({ Int($0) }) else { return nil }
         name = n; mode = m; side = s; self.rc = rc; count = c
     }

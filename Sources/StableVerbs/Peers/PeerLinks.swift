@@ -44,6 +44,8 @@ final class PeerLink {
     let ids: UnsafeMutablePointer<sv_peer_ids>
     /// Error completions of this QP held back since (ns): the peer may be moving.
     var suspectSince: UInt64?
+    /// The peer announced a planned detach: wait for it until then (ns) before giving up.
+    var pausedUntil: UInt64 = 0
     var introduceAttempts = 0
     var nextAttempt: UInt64 = 0
 
@@ -87,6 +89,8 @@ final class PeerRegistry {
     let timeoutNS: UInt64
     let hostOverride: PeerHost?
     let enabled: Bool
+    /// How long a peer that announced a planned detach is waited for.
+    let plannedTimeoutNS: UInt64
 
     init() {
         basePort = UInt16(Configuration.environment("STABLEVERBS_PEER_PORT").flatMap { UInt16($0) } ?? 18_800)
@@ -94,6 +98,7 @@ final class PeerRegistry {
         timeoutNS = (Configuration.environment("STABLEVERBS_PEER_TIMEOUT_MS").flatMap { UInt64($0) } ?? 10_000) * 1_000_000
         hostOverride = Configuration.environment("STABLEVERBS_PEER_HOST").flatMap { PeerHost(text: $0) }
         enabled = Configuration.environment("STABLEVERBS_PEER") != "off"
+        plannedTimeoutNS = (Configuration.environment("STABLEVERBS_PEER_PLANNED_TIMEOUT_MS").flatMap { UInt64($0) } ?? 600_000) * 1_000_000
     }
 }
 

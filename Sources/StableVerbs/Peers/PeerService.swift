@@ -102,6 +102,8 @@ extension Runtime {
             reply = answerHello(d.message, port: peers.port).encoded(key: nil)
         case "moved":
             reply = answerMoved(d)
+        case "pausing":
+            reply = answerPausing(d)
         default:
             reply = PeerMessage("error").encoded(key: nil)
         }
@@ -114,7 +116,8 @@ extension Runtime {
         let now = monotonicNS()
         withControlLock {
             for link in peers.links.values {
-                guard let since = link.suspectSince, link.state == .ready, now &- since >= peers.timeoutNS else { continue }
+                guard let since = link.suspectSince, link.state == .ready, now &- since >= peers.timeoutNS,
+                      now >= link.pausedUntil else { continue }
                 Log.warn("peer: \(link.label): no word from the peer shim for \(peers.timeoutNS / 1_000_000) ms after its connection failed: the errors reach the application")
                 failLink(link, status: IBV_WC_RETRY_EXC_ERR)
             }

@@ -231,6 +231,7 @@ extension Runtime {
               let toGID = m["to_gid"].flatMap(gidFromHex), let peer = PeerEndpoint(m) else {
             return PeerMessage("error").encoded(key: nil)
         }
+        let began = monotonicNS()
         enum Mode { case busy, collide, denied, live, recovering }
         let (link, mode): (PeerLink?, Mode) = withControlLock {
             guard let q = localQP(qpn: toQPN, gid: toGID), let link = peers.links[key(q.ptr)],
@@ -287,7 +288,7 @@ extension Runtime {
                 c.peerHold = false
                 sv_ctx_set_state(c.ptr, SV_CTX_LIVE.rawValue)
                 bumpRecoveryEpoch()
-                Log.info("peer: \(link.label): reconnected to the peer's new end (real QPN \(hex(peer.qpn))), \(n) work request(s) re-posted")
+                Log.info("peer: \(link.label): reconnected to the peer's new end (real QPN \(hex(peer.qpn))) in \(ms(monotonicNS() &- began)), \(n) work request(s) re-posted")
             } else {
                 Log.info("peer: \(link.label): reconnected (both ends moved)")
             }
@@ -376,8 +377,10 @@ extension Runtime {
             return (m, link.key, host, link.servicePort, psn)
         }
         guard let (request, key, host, port, psn) = prepared else { return "done" }
+        let sent = monotonicNS()
         guard let bytes = PeerSocket.exchange(host: host, port: port, request: request.encoded(key: key), timeoutMS: 1000),
               let d = PeerMessage.decode(bytes) else { return "no answer from \(host) port \(port)" }
+        Log.info("peer: \(link.label): `moved` answered `\(d.message.verb)` in \(ms(monotonicNS() &- sent))")
         guard PeerMessage.verify(d, key: key) else {
             Log.warn("peer: \(link.label): an unauthenticated answer (\(d.message.verb)) was ignored")
             return "unauthenticated answer"
@@ -386,7 +389,12 @@ extension Runtime {
         case "reconnected":
             guard let peer = PeerEndpoint(d.message) else { return "malformed answer" }
             return withControlLock {
-                let rc = connect(link, to: peer, rqPSN: psn, fromRTR: true)
+                // Both ends moved and our service already answered the peer's request while this one
+                // was on its way: the peer took ours as a new move (it reset its end with the PSN we
+                // sent), so our QP, already past RTR, is reset and connected again to match.
+                let fromRTR = link.state == .awaiting
+                if !fromRTR { Log.info("peer: \(link.label): our request crossed the peer's: connecting again with its answer") }
+                let rc = connect(link, to: peer, rqPSN: psn, fromRTR: fromRTR)
                 if rc != 0 { return "local QP transition failed (errno \(rc))" }
                 applyCounts(link, peer: peer)
                 link.state = .ready
@@ -398,6 +406,51 @@ extension Runtime {
             return withControlLock { link.state != .awaiting } ? "done" : "collide (waiting for the peer's request)"
         default:
             return d.message.verb
+        }
+    }
+
+    // MARK: - Planned detach
+
+    /// stableverbs_detach: tells the peer of every link of the group that this end is about to go
+    /// away on purpose, so that it waits (STABLEVERBS_PEER_PLANNED_TIMEOUT_MS) rather than giving
+    /// up after the ordinary peer timeout. No lock held on entry.
+    func announcePause(_ group: [ContextRecord]) {
+        let requests: [(PeerLink, [UInt8], PeerHost, UInt16)] = withControlLock {
+            group.flatMap { c in
+                c.qps.values.compactMap { q -> (PeerLink, [UInt8], PeerHost, UInt16)? in
+                    guard let l = peers.links[key(q.ptr)], l.state == .ready, let host = l.host else { return nil }
+                    var m = PeerMessage("pausing")
+                    m["from_qpn"] = String(q.virtualQPN)
+                    m["to_qpn"] = String(l.remoteQPN)
+                    m["to_gid"] = gidHex(l.remoteGID)
+                    m["ms"] = String(peers.plannedTimeoutNS / 1_000_000)
+                    return (l, m.encoded(key: l.key), host, l.servicePort)
+                }
+            }
+        }
+        for (link, request, host, port) in requests {
+            let ok = PeerSocket.exchange(host: host, port: port, request: request, timeoutMS: 500)
+                .flatMap { PeerMessage.decode($0) }?.message.verb == "ok"
+            if !ok { Log.warn("peer: \(link.label): the peer did not acknowledge the planned detach; it waits only \(peers.timeoutNS / 1_000_000) ms") }
+        }
+    }
+
+    /// A peer's planned detach (service thread).
+    func answerPausing(_ d: (message: PeerMessage, signed: [UInt8], mac: String?)) -> [UInt8] {
+        let m = d.message
+        guard let toQPN = m.number("to_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
+              let fromQPN = m.number("from_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
+              let toGID = m["to_gid"].flatMap(gidFromHex), let ms = m.number("ms") else {
+            return PeerMessage("error").encoded(key: nil)
+        }
+        return withControlLock {
+            guard let q = localQP(qpn: toQPN, gid: toGID), let link = peers.links[key(q.ptr)],
+                  link.remoteQPN == fromQPN, PeerMessage.verify(d, key: link.key) else {
+                return PeerMessage("denied").encoded(key: nil)
+            }
+            link.pausedUntil = monotonicNS() &+ min(ms, peers.plannedTimeoutNS / 1_000_000) &* 1_000_000
+            Log.info("peer: \(link.label): the peer announced a planned detach: waiting for it up to \(ms) ms")
+            return PeerMessage("ok").encoded(key: link.key)
         }
     }
 
@@ -413,43 +466,37 @@ extension Runtime {
         attr.qp_state = IBV_QPS_ERR
         _ = ops.modify_qp?(q.real, &attr, stateMask)
         q.ptr.pointee.qpx.qp_base.state = IBV_QPS_ERR
-        var first = true
         if let r = q.ptr.pointee.send_ring, let cq = q.initAttr.send_cq.map({ cqRecord($0) }) {
-            var i = sv_ring_head(r)
-            while i != sv_ring_tail(r) {
-                let e = sv_ring_at(r, i)!
-                i &+= 1
-                if e.pointee.done != 0 { continue }
-                var wc = ibv_wc()
-                wc.wr_id = e.pointee.wr.send.wr_id
-                wc.status = first ? status : IBV_WC_WR_FLUSH_ERR
-                wc.qp_num = q.virtualQPN
-                first = false
-                cq.pending.append(wc)
-                e.pointee.done = 1
-            }
-            sv_ring_settle(r)
-            cq.publishPending()
+            flush(r, into: cq, qpn: q.virtualQPN, firstStatus: status) { $0.pointee.wr.send.wr_id }
         }
         if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring, let cq = q.initAttr.recv_cq.map({ cqRecord($0) }) {
-            var i = sv_ring_head(r)
-            while i != sv_ring_tail(r) {
-                let e = sv_ring_at(r, i)!
-                i &+= 1
-                if e.pointee.done != 0 { continue }
-                var wc = ibv_wc()
-                wc.wr_id = e.pointee.wr.recv.wr_id
-                wc.status = IBV_WC_WR_FLUSH_ERR
-                wc.qp_num = q.virtualQPN
-                cq.pending.append(wc)
-                e.pointee.done = 1
-            }
-            sv_ring_settle(r)
-            cq.publishPending()
+            flush(r, into: cq, qpn: q.virtualQPN, firstStatus: IBV_WC_WR_FLUSH_ERR) { $0.pointee.wr.recv.wr_id }
         }
         for cq in q.context.cqs.values where cq.channel != nil && !cq.pending.isEmpty { cq.owedEvent = true }
         bumpRecoveryEpoch()
     }
+}
+
+/// Completes every outstanding entry of a ring in error into `cq`'s pending completions: the first
+/// with `firstStatus`, the rest flushed.
+private func flush(_ r: UnsafeMutablePointer<sv_wr_ring>, into cq: CQRecord, qpn: UInt32, firstStatus: ibv_wc_status,
+                   wrID: (UnsafeMutablePointer<sv_ring_entry>) -> UInt64) {
+    var status = firstStatus
+    var i = sv_ring_head(r)
+    while i != sv_ring_tail(r) {
+        let e = sv_ring_at(r, i)!
+        i &+= 1
+        if e.pointee.done != 0 { continue }
+        var wc = ibv_wc()
+        wc.wr_id = wrID(e)
+        wc.status = status
+        wc.qp_num = qpn
+        status = IBV_WC_WR_FLUSH_ERR
+        cq.pending.append(wc)
+        e.pointee.done = 1
+    }
+    sv_ring_settle(r)
+    cq.publishPending()
 }
 
 func completionOpcode(_ op: ibv_wr_opcode) -> ibv_wc_opcode {

@@ -29,7 +29,11 @@
 // Planned recoveries run on the caller's thread (stableverbs_detach / stableverbs_attach). One
 // recovery at a time (recoveryMutex); object state changes under the control lock.
 //
-// Limits (phase A, documented in the report and README of the issue):
+// Connections to other processes (the peer protocol, Peers/): the rebuild leaves their QPs in INIT
+// and reconnectLinks (after the rebuild, before the replay) agrees fresh PSNs and counts with each
+// peer shim; their error completions are held back while a peer may be moving.
+//
+// Limits (documented in the issue's closing note and README):
 // - the data path races the state flip: a post or poll that read LIVE just before the flip may
 //   still be inside the provider; the engine waits a grace period (STABLEVERBS_GRACE_US, 2000 µs)
 //   before touching real objects. A per-thread epoch would make this exact.
@@ -37,10 +41,12 @@
 //   polling thread per CQ at a time); QPs whose CQs are extended (ibv_create_cq_ex) and work posted
 //   with the ibv_wr_* API are not recorded: ibv_wr_start waits while the context is not LIVE, and
 //   in-flight ibv_wr_* work is not replayed after an unplanned loss.
-// - unplanned loss: a send whose data reached the peer but whose completion was lost with the
-//   device is replayed (a duplicate; atomics executed twice). Exact counts need the peer protocol
-//   (phase B). On the software HCA transfers are synchronous, so this cannot happen there.
-// - QPs connected outside this process are not recovered (phase B: the peer protocol).
+// - unplanned loss, both ends in this process: a send whose data reached the peer but whose
+//   completion was lost with the device is replayed (on the software HCA transfers are
+//   synchronous, so this cannot happen there). Between processes the peer protocol's counts make
+//   SENDs exact; an atomic whose response died with the device is not executed again, but its
+//   result is lost (logged).
+// - UD peers in other processes are not told of a move (their sends name the old QPN).
 // - application control verbs (create/modify/destroy/query) issued while a context is not LIVE
 //   are not held back.
 
@@ -394,6 +400,7 @@ extension Runtime {
             if let device, withControlLock({ devices.byName[device] == nil }) { return ENODEV }
             return 0
         }
+        announcePause(group)
         var times = RecoveryTimes()
         let t0 = monotonicNS()
         withControlLock {

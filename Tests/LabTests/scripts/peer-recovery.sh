@@ -7,7 +7,8 @@
 #     client   run PROGRAM's client side against $STABLEVERBS_LAB_PEER and make this guest's device
 #              go away LOSSES times while it runs
 #     both     server and client in this guest (both ends move at once)
-#     HOW      delete (rdma link delete/add) or nic (hot-unplug the NIC, plug a new one, new MAC)
+#     HOW      delete (rdma link delete/add), nic (hot-unplug the NIC, plug a new one, new MAC), or
+#              planned (`stableverbs detach`, the device deleted and re-added, `stableverbs attach`)
 # Prints PEER-RESULT side=… rc=… iters=… recoveries=… and the programs' output.
 set -u
 ROLE=$1 PROG=$2 N=$3 LOSSES=$4 HOW=${5:-delete}
@@ -16,9 +17,16 @@ PORT=18750
 OUT=${TMPDIR:-/tmp}/peer-recovery.$$
 mkdir -p "$OUT"
 
-run() {  # side peer-address-or-empty
-  LD_PRELOAD=$STABLEVERBS_LIB $PROG -d rxe0 -g 1 -p $PORT -n "$N" $2 > "$OUT/$1.out" 2> "$OUT/$1.err"
-  echo $? > "$OUT/$1.rc"
+run() {  # side peer-address-or-empty; a client retries while the server is not listening yet
+  tries=0
+  while :; do
+    LD_PRELOAD=$STABLEVERBS_LIB $PROG -d rxe0 -g 1 -p $PORT -n "$N" $2 > "$OUT/$1.out" 2> "$OUT/$1.err"
+    rc=$?
+    tries=$((tries+1))
+    [ $rc != 0 ] && [ -n "$2" ] && [ $tries -lt 60 ] && grep -q "Couldn't connect" "$OUT/$1.out" "$OUT/$1.err" && { sleep 0.5; continue; }
+    break
+  done
+  echo $rc > "$OUT/$1.rc"
 }
 
 result() {  # side
@@ -31,22 +39,44 @@ result() {  # side
 
 alive() { for p in "$@"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
 
-lose() {  # while the given pids run: LOSSES times, the device goes and comes back
+recovered() {  # k sides...: every side's shim has logged its k-th recovery
+  n=$1; shift
+  for side in "$@"; do grep -q "recovery #$n " "$OUT/$side.err" 2>/dev/null || return 1; done
+}
+
+introduced() {  # sides...: every side's shim has introduced its connection to the peer shim
+  for side in "$@"; do grep -q "peer: link .* introduced" "$OUT/$side.err" 2>/dev/null || return 1; done
+}
+
+lose() {  # sides -- pids: while the programs run, LOSSES times the device goes and comes back
+  sides=
+  while [ "$1" != -- ]; do sides="$sides $1"; shift; done
+  shift
   k=0
-  sleep 3
+  # The first loss once the connection is up (the shims have introduced themselves).
+  i=0; while ! introduced $sides && alive "$@" && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+  sleep ${FIRST_LOSS_AFTER:-1}
   while [ $k -lt "$LOSSES" ] && alive "$@"; do
+    # The next loss only once the shims have come back from the previous one.
+    i=0; while [ $k -gt 0 ] && ! recovered $k $sides && alive "$@" && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+    sleep 1
+    alive "$@" || break
     k=$((k+1))
     echo "peer-recovery: loss $k ($HOW)"
-    if [ "$HOW" = nic ]; then lab-device nic-replace; else lab-device delete; sleep 0.3; lab-device add; fi
-    sleep 4
+    case "$HOW" in
+      nic) lab-device nic-replace ;;
+      planned) stableverbs detach && lab-device delete && sleep 0.3 && lab-device add && stableverbs attach ;;
+      *) lab-device delete; sleep 0.3; lab-device add ;;
+    esac
+    sleep 1
   done
   echo "peer-recovery: $k loss(es) caused"
 }
 
 waitfor() {  # pids: bounded wait, then kill
   i=0
-  while alive "$@" && [ $i -lt 1800 ]; do sleep 0.1; i=$((i+1)); done
-  alive "$@" && { echo "peer-recovery: killing $* after 180 s"; kill -9 "$@"; }
+  while alive "$@" && [ $i -lt ${WAITFOR:-3000} ]; do sleep 0.1; i=$((i+1)); done
+  alive "$@" && { echo "peer-recovery: killing $* after 300 s"; kill -9 "$@"; }
   wait "$@" 2>/dev/null
 }
 
@@ -59,7 +89,7 @@ case "$ROLE" in
     sleep 1
     run client "$STABLEVERBS_LAB_PEER" &
     c=$!
-    lose $c
+    lose client -- $c
     waitfor $c
     result client ;;
   both)
@@ -68,7 +98,7 @@ case "$ROLE" in
     sleep 0.5
     run client 127.0.0.1 &
     c=$!
-    lose $s $c
+    lose server client -- $s $c
     waitfor $s $c
     result server
     result client ;;
