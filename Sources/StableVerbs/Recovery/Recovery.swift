@@ -465,7 +465,9 @@ extension Runtime {
     /// is active any more). A send cannot progress when it, the first one not completed on its
     /// queue, needs a receive and the QP's peer in this process has no receive in hardware (RNR,
     /// retried for ever; nothing behind it executes): the state is then exact and everything from
-    /// it on is replayed. Returns how many sends did not settle.
+    /// it on is replayed. Unsignaled RDMA WRITEs and READs ahead of it (or alone: their completion
+    /// is never seen) do not hold the settling up: replaying them is harmless. Returns how many
+    /// sends did not settle.
     private func quiesce(_ group: [ContextRecord], stopOnError: Bool) -> Int {
         struct Mark {
             let ring: UnsafeMutablePointer<sv_wr_ring>
@@ -490,13 +492,18 @@ extension Runtime {
             op == IBV_WR_SEND || op == IBV_WR_SEND_WITH_IMM || op == IBV_WR_RDMA_WRITE_WITH_IMM
         }
         func unsettled(_ m: Mark) -> Int {
+            let sigAll = m.ring.pointee.sig_all != 0
             var first: UnsafeMutablePointer<sv_ring_entry>? = nil
             var n = 0
             var i = sv_ring_head(m.ring)
             while i < m.end {
                 let e = sv_ring_at(m.ring, i)!
-                if e.pointee.done == 0 { if first == nil { first = e }; n += 1 }
                 i &+= 1
+                guard e.pointee.done == 0 else { continue }
+                n += 1
+                let w = e.pointee.wr.send
+                let silent = !sigAll && w.send_flags & ubits(IBV_SEND_SIGNALED) == 0
+                if first == nil && !(silent && (w.opcode == IBV_WR_RDMA_WRITE || w.opcode == IBV_WR_RDMA_READ)) { first = e }
             }
             guard let first, n > 0 else { return 0 }
             if needsReceive(first.pointee.wr.send.opcode), let pr = m.peerRecv {
@@ -568,8 +575,22 @@ extension Runtime {
             usleep(100)
         }
         withControlLock {
+            // Every QP to ERROR first: nothing executes or retries any more (a send waiting for a
+            // receive retries RNR for ever, and rxe's destroy_qp spins in the kernel until the QP's
+            // tasks are idle: soft lockups with hundreds of QPs), and no completion can come after
+            // the drain and be lost with its CQ. Then what completed before, then the destroys.
+            for c in group where !c.released { stopQPs(c) }
             for c in group where !c.released { drainCQs(c) }
             for c in group where !c.released { releaseContext(c) }
+        }
+    }
+
+    private func stopQPs(_ c: ContextRecord) {
+        guard let modify = ops.modify_qp else { return }
+        for qp in c.qps.values {
+            var attr = ibv_qp_attr()
+            attr.qp_state = IBV_QPS_ERR
+            _ = modify(qp.real, &attr, bits(IBV_QP_STATE)) // fails on a dead device: nothing runs there anyway
         }
     }
 
