@@ -1,7 +1,8 @@
 #!/bin/sh
 # build-image.sh KERNEL_ROOT KVER OUT.cpio.gz
 # Builds the lab guest's initramfs: busybox-static, the kernel modules the lab needs in dependency
-# order (crc32_generic first: rdma_rxe needs it), Lab/init as /init and Lab/lab-device.
+# order (crc32_generic first: rdma_rxe needs it), Lab/init as /init, Lab/lab-device, lab-programs
+# and lab-recovery.
 # Called by `stableverbs-lab setup`; needs busybox-static, cpio, kmod (depmod, modprobe), gzip.
 set -eu
 ROOT=$1 KVER=$2 OUT=$3
@@ -20,8 +21,8 @@ mkdir -p "$STAGE/bin" "$STAGE/lib/modules" "$STAGE/proc" "$STAGE/sys" "$STAGE/de
 cp "$BUSYBOX" "$STAGE/bin/busybox"
 ln -s busybox "$STAGE/bin/sh"
 cp "$HERE/init" "$STAGE/init"
-cp "$HERE/lab-device" "$HERE/lab-programs" "$STAGE/lab/"
-chmod +x "$STAGE/init" "$STAGE/lab/lab-device" "$STAGE/lab/lab-programs"
+cp "$HERE/lab-device" "$HERE/lab-programs" "$HERE/lab-recovery" "$STAGE/lab/"
+chmod +x "$STAGE/init" "$STAGE/lab/lab-device" "$STAGE/lab/lab-programs" "$STAGE/lab/lab-recovery"
 
 depmod -b "$ROOT" "$KVER"
 : > "$STAGE/lib/modules/order"

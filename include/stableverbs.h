@@ -115,7 +115,7 @@ int stableverbs_attach(void);
 /* The last recovery's phase durations (ns) and the number of recoveries so far. */
 struct stableverbs_recovery_stats {
 	uint64_t count;          /* recoveries completed */
-	uint64_t quiesce_ns;     /* planned only */
+	uint64_t quiesce_ns;     /* planned: the quiesce; unplanned: in-flight work settling on a device that still works */
 	uint64_t release_ns;
 	uint64_t device_wait_ns;
 	uint64_t rebuild_ns;
@@ -124,6 +124,10 @@ struct stableverbs_recovery_stats {
 	uint64_t replayed_wrs;   /* work requests re-posted by the last recovery */
 	uint32_t planned;        /* the last recovery was a detach/attach */
 	uint32_t contexts;       /* contexts the last recovery moved */
+	/* Appended (a caller that knows a shorter struct gets the fields it knows). */
+	uint64_t started_ns;     /* CLOCK_MONOTONIC: the last recovery began (detach called, loss noticed) */
+	uint64_t device_found_ns; /* CLOCK_MONOTONIC: its device was found again (the rebuild could start) */
+	uint64_t live_ns;        /* CLOCK_MONOTONIC: it ended (objects rebuilt, work replayed, live again) */
 };
 /* `size` is sizeof(struct stableverbs_recovery_stats) as the caller knows it. */
 int stableverbs_recovery_stats(struct stableverbs_recovery_stats *stats, size_t size);

@@ -149,7 +149,7 @@ public struct LabSetup: Sendable {
     /// Changes whenever the kernel or a guest-side script changes, so the image is rebuilt.
     func imageStamp(kernelVersion: String) throws -> String {
         var h: UInt64 = 0xcbf29ce484222325
-        for f in ["init", "lab-device", "lab-programs", "build-image.sh"] {
+        for f in ["init", "lab-device", "lab-programs", "lab-recovery", "build-image.sh"] {
             let d = try Data(contentsOf: URL(fileURLWithPath: paths.labScripts + "/" + f))
             for b in d { h = (h ^ UInt64(b)) &* 0x100000001b3 }
         }

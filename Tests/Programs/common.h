@@ -272,6 +272,7 @@ struct tp_qp_opts {
 	int cqe;
 	struct ibv_srq *srq;     /* receive side shares this SRQ */
 	struct ibv_cq *rcq;      /* use this receive CQ instead of making one */
+	struct ibv_cq *scq;      /* use this send CQ instead of making one */
 	struct ibv_comp_channel *channel; /* for the receive CQ made here */
 	struct ibv_comp_channel *schannel; /* for the send CQ */
 	size_t buf_size;
@@ -287,7 +288,7 @@ TP_UNUSED static void tp_end_create(struct tp_end *e, struct tp_dev *d, const st
 	memset(e, 0, sizeof(*e));
 	e->dev = d;
 	int cqe = o->cqe ? o->cqe : 256;
-	e->scq = ibv_create_cq(d->ctx, cqe, e, o->schannel, 0);
+	e->scq = o->scq ? o->scq : ibv_create_cq(d->ctx, cqe, e, o->schannel, 0);
 	TP_CHECK(e->scq, "ibv_create_cq failed: %s", strerror(errno));
 	if (o->rcq) {
 		e->rcq = o->rcq;

@@ -18,6 +18,18 @@ private func expectRecovered(_ out: Harness.Output, mode: String, devices: Int, 
 
 private let recoveryEnvironment = ["STABLEVERBS_LOG": "info", "STABLEVERBS_QUIESCE_MS": "200"]
 
+/// The per-recovery lines ("recovery: #K planned=… quiesce_ms=… blackout_ms=…"): field → value.
+private func recoveryLines(_ out: Harness.Output) -> [[String: Double]] {
+    out.lines.filter { $0.hasPrefix("recovery: #") }.map { line in
+        var f: [String: Double] = [:]
+        for kv in line.split(separator: " ") {
+            let p = kv.split(separator: "=", maxSplits: 1)
+            if p.count == 2, let v = Double(p[1]) { f[String(p[0])] = v }
+        }
+        return f
+    }
+}
+
 @Suite("Recovery within one process")
 struct RecoveryTests {
     /// Planned: stableverbs_detach with work in flight; posts buffered and completions served while
@@ -28,6 +40,10 @@ struct RecoveryTests {
         expectRecovered(out, mode: "planned", devices: setup.environment["SVTEST_TWO_DEVICES"] == "1" ? 2 : 1)
         #expect(out.stderr.contains("recovery #3 (planned"), "no recovery log line: \(out)")
         #expect(out.stderr.contains("quiesce") && out.stderr.contains("device wait") && out.stderr.contains("replay"), "\(out)")
+        // 2 SENDs wait for receives B has not posted: they cannot progress, so the quiesce ends at
+        // once instead of at STABLEVERBS_QUIESCE_MS (200 here); each recovery reports its blackout.
+        let r = recoveryLines(out)
+        #expect(r.count == 3 && r.allSatisfy { ($0["quiesce_ms"] ?? 999) < 150 && $0["blackout_ms"] != nil }, "\(out)")
     }
 
     /// Unplanned, mlx5-like: DEVICE_FATAL, QPs flushed (the flush errors never reach the
@@ -57,6 +73,16 @@ struct RecoveryTests {
         let out = try Harness.runProgram("recovery", ["-m", "rename"], setup: setup, extraEnvironment: env)
         expectRecovered(out, mode: "rename", devices: 1)
         #expect(out.line(startingWith: "recovery: device softhca0 -> moved2") != nil, "\(out)")
+    }
+
+    /// 16 QP pairs on shared CQs, per-pair sequence numbers, the bursts spread over all of them.
+    @Test("16 QP pairs on shared CQs recover together", arguments: ["planned", "rxe"])
+    func sixteenPairs(mode: String) throws {
+        let out = try Harness.runProgram("recovery", ["-m", mode, "-q", "16"], setup: .ethOneDevice, extraEnvironment: recoveryEnvironment)
+        #expect(out.status == 0 && !out.timedOut, "\(mode): \(out)")
+        #expect(out.line(startingWith: "recovery: \(mode), 768 messages, 3 recoveries, 1 devices, 0 errors") != nil, "\(out)")
+        #expect(recoveryLines(out).count == 3, "\(out)")
+        if let b = out.line(startingWith: "recovery: blackout median") { print("\(mode), 16 pairs: \(b)") }
     }
 
     /// A real call failing during the rebuild (create_qp → EIO) is rolled back and retried.

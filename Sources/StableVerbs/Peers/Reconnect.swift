@@ -284,6 +284,7 @@ extension Runtime {
                 }
                 if let r = q.ptr.pointee.send_ring { n &+= replaySend(r, q.ptr) }
                 n &+= replayBuffered(c, marks: c.holdMarks, except: q)
+                for k in c.holdMarks.keys { recovery.bufferedFrom[k] = nil }  // posts buffered by the hold went out
                 c.holdMarks = [:]
                 c.peerHold = false
                 sv_ctx_set_state(c.ptr, SV_CTX_LIVE.rawValue)

@@ -7,7 +7,10 @@
 //
 //   QUIESCING   new posts are buffered in the queue's work ring (not given to hardware); the engine
 //               drains the real CQs into per-CQ pending queues until every send handed to hardware
-//               has completed, or STABLEVERBS_QUIESCE_MS passed (what is left is replayed).
+//               has completed or is stuck behind a receive its in-process peer does not have in
+//               hardware, or STABLEVERBS_QUIESCE_MS passed (what is left is replayed). An unplanned
+//               loss settles the same way, in RELEASED, while the device still makes progress
+//               (rxe's removal waits for the shim: its QPs keep working meanwhile).
 //   RELEASED    every real object destroyed and the device context closed (an rxe removal, a VF
 //               detach, can complete). Completion-channel fd numbers are held by placeholders; the
 //               async fd the application sees is the shim's own eventfd. Posts are buffered; polls
@@ -41,11 +44,13 @@
 //   polling thread per CQ at a time); QPs whose CQs are extended (ibv_create_cq_ex) and work posted
 //   with the ibv_wr_* API are not recorded: ibv_wr_start waits while the context is not LIVE, and
 //   in-flight ibv_wr_* work is not replayed after an unplanned loss.
-// - unplanned loss, both ends in this process: a send whose data reached the peer but whose
-//   completion was lost with the device is replayed (on the software HCA transfers are
-//   synchronous, so this cannot happen there). Between processes the peer protocol's counts make
-//   SENDs exact; an atomic whose response died with the device is not executed again, but its
-//   result is lost (logged).
+// - unplanned loss, both ends in this process, of a device that stops working at once (a pulled
+//   NIC, a fatal error): a send whose data reached the peer but whose acknowledgement died with the
+//   device is replayed (a duplicate; atomics executed twice). A device that still works while its
+//   removal waits (rxe) settles first: exact. On the software HCA transfers are synchronous, so
+//   this cannot happen there. Between processes the peer protocol's counts make SENDs exact; an
+//   atomic whose response died with the device is not executed again, but its result is lost
+//   (logged).
 // - UD peers in other processes are not told of a move (their sends name the old QPN).
 // - application control verbs (create/modify/destroy/query) issued while a context is not LIVE
 //   are not held back.
@@ -62,6 +67,11 @@ struct RecoveryTimes {
     var rebuild: UInt64 = 0
     var reconnect: UInt64 = 0
     var replay: UInt64 = 0
+    /// CLOCK_MONOTONIC instants (not durations): the recovery began; the group's (last) device was
+    /// found again; the group went LIVE (work replayed).
+    var startedAt: UInt64 = 0
+    var deviceFoundAt: UInt64 = 0
+    var liveAt: UInt64 = 0
 }
 
 struct RecoveryStats {
@@ -100,6 +110,9 @@ final class RecoveryState {
     var retiredEpochs: [Int32] = []
     /// Quiesce/release durations of a detach, for the attach that completes the recovery.
     var pendingTimes: RecoveryTimes?
+    /// Work ring (address) → its tail when the first post was buffered in it since the context
+    /// left LIVE: entries before it were handed to hardware, entries from it on were not.
+    var bufferedFrom: [UInt: UInt64] = [:]
     let policy: MatchPolicy
     let quiesceNS: UInt64
     let graceUS: UInt32
@@ -348,11 +361,21 @@ extension Runtime {
         guard !group.isEmpty else { return }
         var times = RecoveryTimes()
         let t0 = monotonicNS()
+        times.startedAt = t0
         withControlLock {
             for c in group where !c.released { sv_ctx_set_state(c.ptr, SV_CTX_RELEASED.rawValue) }
         }
+        // A device that still works while its removal waits for us (rxe) keeps executing what was
+        // handed to it: let that settle first, or a message delivered (an atomic executed) whose
+        // completion had not come back yet would be replayed — delivered twice. A dead device
+        // (flushed, error completions) ends this at once.
+        if recovery.graceUS > 0 { usleep(recovery.graceUS) }
+        let unsettled = quiesce(group.filter { !$0.released }, stopOnError: true)
+        if unsettled > 0 { Log.info("unplanned recovery: \(unsettled) send(s) in flight did not settle (replayed)") }
+        times.quiesce = monotonicNS() &- t0
+        let t1 = monotonicNS()
         release(group)
-        times.release = monotonicNS() &- t0
+        times.release = monotonicNS() &- t1
         _ = reattach(group, planned: false, times: times, bound: nil)
     }
 
@@ -403,6 +426,7 @@ extension Runtime {
         announcePause(group)
         var times = RecoveryTimes()
         let t0 = monotonicNS()
+        times.startedAt = t0
         withControlLock {
             for c in group {
                 c.plannedHold = true
@@ -410,7 +434,7 @@ extension Runtime {
             }
         }
         if recovery.graceUS > 0 { usleep(recovery.graceUS) }
-        let leftover = quiesce(group)
+        let leftover = quiesce(group, stopOnError: false)
         times.quiesce = monotonicNS() &- t0
         let t1 = monotonicNS()
         withControlLock { for c in group { sv_ctx_set_state(c.ptr, SV_CTX_RELEASED.rawValue) } }
@@ -443,19 +467,78 @@ extension Runtime {
         return rc
     }
 
-    /// Drains the group's real CQs until every send handed to hardware has completed, or the bound.
-    /// Returns how many sends are still outstanding.
-    private func quiesce(_ group: [ContextRecord]) -> Int {
-        let marks: [(UnsafeMutablePointer<sv_wr_ring>, UInt64)] = withControlLock {
-            group.flatMap { c in c.qps.values.compactMap { q in q.ptr.pointee.send_ring.map { ($0, sv_ring_tail($0)) } } }
+    /// Drains the group's real CQs until every send handed to hardware has completed or cannot
+    /// progress, or STABLEVERBS_QUIESCE_MS passed (with `stopOnError`, also once the device makes
+    /// no progress at all: error completions show it flushed its queues, or no port of the group
+    /// is active any more). A send cannot progress when it, the first one not completed on its
+    /// queue, needs a receive and the QP's peer in this process has no receive in hardware (RNR,
+    /// retried for ever; nothing behind it executes): the state is then exact and everything from
+    /// it on is replayed. Unsignaled RDMA WRITEs and READs ahead of it (or alone: their completion
+    /// is never seen) do not hold the settling up: replaying them is harmless. Returns how many
+    /// sends did not settle.
+    private func quiesce(_ group: [ContextRecord], stopOnError: Bool) -> Int {
+        struct Mark {
+            let ring: UnsafeMutablePointer<sv_wr_ring>
+            let end: UInt64                              // entries before it were handed to hardware
+            let peerRecv: UnsafeMutablePointer<sv_wr_ring>?
+            let peerEnd: UInt64
+        }
+        func handed(_ r: UnsafeMutablePointer<sv_wr_ring>) -> UInt64 {
+            recovery.bufferedFrom[UInt(bitPattern: r)] ?? sv_ring_tail(r)
+        }
+        let marks: [Mark] = withControlLock {
+            group.flatMap { c in
+                c.qps.values.compactMap { q -> Mark? in
+                    guard let r = q.ptr.pointee.send_ring else { return nil }
+                    let peer = q.isConnected ? q.peerContext?.qps.values.first { $0.virtualQPN == q.lastDestQPN } : nil
+                    let pr = peer?.ptr.pointee.recv_ring
+                    return Mark(ring: r, end: handed(r), peerRecv: pr, peerEnd: pr.map(handed) ?? 0)
+                }
+            }
+        }
+        func needsReceive(_ op: ibv_wr_opcode) -> Bool {
+            op == IBV_WR_SEND || op == IBV_WR_SEND_WITH_IMM || op == IBV_WR_RDMA_WRITE_WITH_IMM
+        }
+        func unsettled(_ m: Mark) -> Int {
+            let sigAll = m.ring.pointee.sig_all != 0
+            var first: UnsafeMutablePointer<sv_ring_entry>? = nil
+            var n = 0
+            var i = sv_ring_head(m.ring)
+            while i < m.end {
+                let e = sv_ring_at(m.ring, i)!
+                i &+= 1
+                guard e.pointee.done == 0 else { continue }
+                n += 1
+                let w = e.pointee.wr.send
+                let silent = !sigAll && w.send_flags & ubits(IBV_SEND_SIGNALED) == 0
+                if first == nil && !(silent && (w.opcode == IBV_WR_RDMA_WRITE || w.opcode == IBV_WR_RDMA_READ)) { first = e }
+            }
+            guard let first, n > 0 else { return 0 }
+            if needsReceive(first.pointee.wr.send.opcode), let pr = m.peerRecv {
+                var j = sv_ring_head(pr)
+                while j < m.peerEnd {
+                    if sv_ring_at(pr, j)!.pointee.done == 0 { return n }
+                    j &+= 1
+                }
+                return 0 // blocked on a receive the peer does not have: it cannot progress
+            }
+            return n
+        }
+        func portActive(_ c: ContextRecord) -> Bool {
+            var attr = ibv_port_attr()
+            return (1...max(1, c.ports.count)).contains { c.queryRealPort(UInt8($0), &attr) == 0 && attr.state == IBV_PORT_ACTIVE }
         }
         let deadline = monotonicNS() &+ recovery.quiesceNS
+        var round = 0
         while true {
-            let left: Int = withControlLock {
-                for c in group { drainCQs(c) }
-                return marks.reduce(0) { n, m in n + (sv_ring_head(m.0) < m.1 ? Int(m.1 - sv_ring_head(m.0)) : 0) }
+            let (left, stalled): (Int, Bool) = withControlLock {
+                var failed = false
+                for c in group where drainCQs(c) { failed = true }
+                let left = marks.reduce(0) { $0 + unsettled($1) }
+                return (left, stopOnError && left > 0 && (failed || (round % 10 == 0 && !group.contains(where: portActive))))
             }
-            if left == 0 || monotonicNS() >= deadline { return left }
+            if left == 0 || stalled || monotonicNS() >= deadline { return left }
+            round += 1
             usleep(100)
         }
     }
@@ -465,8 +548,11 @@ extension Runtime {
     /// Polls every real CQ of `c` empty: successful completions retire their ring entries and wait
     /// in the CQ's pending queue (already in virtual terms) for the application; error completions
     /// caused by the device loss are dropped (their work stays in the rings and is replayed).
-    func drainCQs(_ c: ContextRecord) {
-        guard !c.released else { return }
+    /// Returns whether there were error completions.
+    @discardableResult
+    func drainCQs(_ c: ContextRecord) -> Bool {
+        guard !c.released else { return false }
+        var failed = false
         var buf = [ibv_wc](repeating: ibv_wc(), count: 32)
         for cq in c.nextOrder(c.cqs, { $0.sequence }) where cq.ex == nil {
             let real = cq.real
@@ -475,7 +561,7 @@ extension Runtime {
                 let n = buf.withUnsafeMutableBufferPointer { poll(real, 32, $0.baseAddress) }
                 if n <= 0 { break }
                 for i in 0..<Int(n) {
-                    if buf[i].status != IBV_WC_SUCCESS { continue }
+                    if buf[i].status != IBV_WC_SUCCESS { failed = true; continue }
                     sv_ring_retire_one(c.ptr, &buf[i])
                     var w = buf[i]
                     svTranslateCompletions(c.ptr, &w, 1)
@@ -484,6 +570,7 @@ extension Runtime {
             }
             cq.publishPending()
         }
+        return failed
     }
 
     /// Destroys every real object of the group (state already QUIESCING→RELEASED or RELEASED).
@@ -496,8 +583,22 @@ extension Runtime {
             usleep(100)
         }
         withControlLock {
+            // Every QP to ERROR first: nothing executes or retries any more (a send waiting for a
+            // receive retries RNR for ever, and rxe's destroy_qp spins in the kernel until the QP's
+            // tasks are idle: soft lockups with hundreds of QPs), and no completion can come after
+            // the drain and be lost with its CQ. Then what completed before, then the destroys.
+            for c in group where !c.released { stopQPs(c) }
             for c in group where !c.released { drainCQs(c) }
             for c in group where !c.released { releaseContext(c) }
+        }
+    }
+
+    private func stopQPs(_ c: ContextRecord) {
+        guard let modify = ops.modify_qp else { return }
+        for qp in c.qps.values {
+            var attr = ibv_qp_attr()
+            attr.qp_state = IBV_QPS_ERR
+            _ = modify(qp.real, &attr, bits(IBV_QP_STATE)) // fails on a dead device: nothing runs there anyway
         }
     }
 
@@ -606,6 +707,7 @@ extension Runtime {
         var rebuildNS: UInt64 = 0
         var reconnectNS: UInt64 = 0
         var waitNS: UInt64 = 0
+        var found: Set<UInt> = []
         while !waiting.isEmpty {
             var next: [ContextRecord] = []
             for c in waiting {
@@ -613,6 +715,7 @@ extension Runtime {
                 let device: UnsafeMutablePointer<ibv_device>? = withControlLock { matchDevice(c, missingSince: start) }
                 waitNS &+= monotonicNS() &- w0
                 guard let device else { next.append(c); continue }
+                if found.insert(key(c.ptr)).inserted { times.deviceFoundAt = max(times.deviceFoundAt, monotonicNS()) }
                 let r0 = monotonicNS()
                 var reconnect: UInt64 = 0
                 // A rebuild that failed before its commit changed nothing (still released): retry.
@@ -652,7 +755,7 @@ extension Runtime {
 
         // Replay: receives first (every context), then sends; then LIVE.
         let p0 = monotonicNS()
-        let replayed: UInt64 = withControlLock {
+        let (replayed, liveAt): (UInt64, UInt64) = withControlLock {
             var n: UInt64 = 0
             for c in group {
                 for srq in c.nextOrder(c.srqs, { $0.sequence }) {
@@ -671,10 +774,12 @@ extension Runtime {
                 for cq in c.cqs.values where cq.channel != nil && !cq.pending.isEmpty { cq.owedEvent = true }
                 sv_ctx_set_state(c.ptr, SV_CTX_LIVE.rawValue)
             }
+            recovery.bufferedFrom.removeAll() // one recovery at a time: every ring replayed is live again
             bumpRecoveryEpoch()
-            return n
+            return (n, monotonicNS())
         }
         times.replay = monotonicNS() &- p0
+        times.liveAt = liveAt
         withControlLock {
             recovery.stats.count &+= 1
             recovery.stats.last = times
@@ -773,6 +878,7 @@ extension Runtime {
                     return svPostSendRecorded(q, wr, bad)
                 }
                 guard let ring = q.pointee.send_ring else { return nil }  // untracked: wait
+                noteBuffering(ring)
                 if sv_ring_record_send(ring, wr) == UInt64.max {
                     bad?.pointee = wr
                     return ENOMEM
@@ -797,6 +903,7 @@ extension Runtime {
                     return svPostRecvRecorded(object, isSRQ, wr, bad)
                 }
                 guard let ring else { return nil }
+                noteBuffering(ring)
                 if sv_ring_record_recv(ring, wr) == UInt64.max {
                     bad?.pointee = wr
                     return ENOMEM
@@ -806,6 +913,12 @@ extension Runtime {
             if let rc { return rc }
             usleep(1000)
         }
+    }
+
+    /// Where buffering starts in a ring (control lock): what comes before was handed to hardware.
+    private func noteBuffering(_ ring: UnsafeMutablePointer<sv_wr_ring>) {
+        let k = UInt(bitPattern: ring)
+        if recovery.bufferedFrom[k] == nil { recovery.bufferedFrom[k] = sv_ring_tail(ring) }
     }
 
     /// A poll while not LIVE, or with completions pending: pending completions first, then the

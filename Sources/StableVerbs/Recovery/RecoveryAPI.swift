@@ -26,11 +26,13 @@ public func sv_stableverbs_recovery_stats(_ out: UnsafeMutableRawPointer?, _ siz
     let s = withControlLock { rt.recovery.stats }
     let words: [UInt64] = [s.count, s.last.quiesce, s.last.release, s.last.deviceWait, s.last.rebuild,
                            s.last.reconnect, s.last.replay, s.lastReplayed]
-    var bytes = [UInt8](repeating: 0, count: 8 * words.count + 8)
+    let appended: [UInt64] = [s.last.startedAt, s.last.deviceFoundAt, s.last.liveAt]
+    var bytes = [UInt8](repeating: 0, count: 8 * words.count + 8 + 8 * appended.count)
     bytes.withUnsafeMutableBytes { b in
         for (i, w) in words.enumerated() { b.storeBytes(of: w, toByteOffset: 8 * i, as: UInt64.self) }
         b.storeBytes(of: UInt32(s.lastPlanned ? 1 : 0), toByteOffset: 8 * words.count, as: UInt32.self)
         b.storeBytes(of: s.lastContexts, toByteOffset: 8 * words.count + 4, as: UInt32.self)
+        for (i, w) in appended.enumerated() { b.storeBytes(of: w, toByteOffset: 8 * words.count + 8 + 8 * i, as: UInt64.self) }
     }
     bytes.withUnsafeBytes { b in out.copyMemory(from: b.baseAddress!, byteCount: min(size, b.count)) }
     return 0
