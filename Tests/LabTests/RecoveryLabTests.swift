@@ -12,7 +12,7 @@ import Testing
 // lost, duplicated or corrupted message, any atomic executed twice, any changed virtual identity.
 //
 // The full run of (d), 20 unplanned losses in a row (about 3 minutes):
-//   STABLEVERBS_LAB_LOSSES=20 swift test --filter LabRecoveryTests/manyLosses
+//   STABLEVERBS_LAB_LOSSES=20 swift test --filter LabTests/manyLosses
 // or, without the test harness:
 //   stableverbs-lab run --timeout 1200 -- 'lab-recovery --how delete --losses 20'
 
@@ -70,13 +70,12 @@ enum RecoveryLab {
     }
 }
 
-@Suite("Lab recovery: rxe0 lost and found under a running workload", .serialized,
-       .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
-struct LabRecoveryTests {
+// In the lab suite (serialized: one set of guests at a time on the machine).
+extension LabTests {
     /// (a) rxe cannot finish `rdma link delete` while the process holds rxe0: the shim notices the
     /// device left the list, settles what was in flight, releases; the deletion completes; the
     /// device is added again and the shim rebuilds, reconnects and replays.
-    @Test("(a) rdma link delete/add rxe0 5 times: every message verified, 5 recoveries")
+    @Test("(a) rdma link delete/add rxe0 5 times: every message verified, 5 recoveries", .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
     func linkDeleteAdd() async throws {
         let r = try await RecoveryLab.run(how: "delete", losses: 5, pairs: 1)
         RecoveryLab.expectRecovered(r, how: "delete", losses: 5, pairs: 1, planned: false)
@@ -90,7 +89,7 @@ struct LabRecoveryTests {
     /// executed) whose acknowledgement died with it is replayed — phase A is at-least-once there
     /// (DESIGN §4; exact counts are the peer protocol's), so the program runs with -t: such
     /// duplicates are counted and shown, anything lost, corrupted or out of order still fails.
-    @Test("(b) NIC hot-unplugged under rxe0 and replaced by one with another MAC, 3 times (4 QP pairs)")
+    @Test("(b) NIC hot-unplugged under rxe0 and replaced by one with another MAC, 3 times (4 QP pairs)", .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
     func nicReplaced() async throws {
         let r = try await RecoveryLab.run(how: "nic", losses: 3, pairs: 4, tolerate: true)
         RecoveryLab.expectRecovered(r, how: "nic", losses: 3, pairs: 4, planned: false)
@@ -104,7 +103,7 @@ struct LabRecoveryTests {
     /// (c) Planned: the program itself calls stableverbs_detach (asked by SIGUSR1, with work in
     /// flight), rxe0 is deleted (at once: nothing holds it) and added again, then stableverbs_attach
     /// (SIGUSR2).
-    @Test("(c) planned: stableverbs_detach, rxe0 deleted and added, stableverbs_attach, 3 times (2 QP pairs)")
+    @Test("(c) planned: stableverbs_detach, rxe0 deleted and added, stableverbs_attach, 3 times (2 QP pairs)", .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
     func plannedDetachAttach() async throws {
         let r = try await RecoveryLab.run(how: "planned", losses: 3, pairs: 2)
         RecoveryLab.expectRecovered(r, how: "planned", losses: 3, pairs: 2, planned: true)
@@ -114,7 +113,7 @@ struct LabRecoveryTests {
 
     /// (d) Many unplanned losses in a row: STABLEVERBS_LAB_LOSSES (default 8 here, to keep the
     /// suite's time reasonable; 20 is the documented full run), 4 QP pairs.
-    @Test("(d) unplanned losses in a row (STABLEVERBS_LAB_LOSSES, default 8; 20 for the full run)")
+    @Test("(d) unplanned losses in a row (STABLEVERBS_LAB_LOSSES, default 8; 20 for the full run)", .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
     func manyLosses() async throws {
         let losses = ProcessInfo.processInfo.environment["STABLEVERBS_LAB_LOSSES"].flatMap { Int($0) } ?? 8
         let r = try await RecoveryLab.run(how: "delete", losses: losses, pairs: 4, timeout: Double(120 + 30 * losses))
