@@ -20,7 +20,7 @@ static int errors;
 static struct tp_end a, b;
 static struct ibv_comp_channel *channel;
 static int nmsg = 100;
-static sem_t done;
+static sem_t done, armed;
 static volatile int t_received, t_sent, t_events, t_failed;
 static unsigned unacked_b;
 static int one_device;
@@ -37,6 +37,7 @@ static void *waiter(void *arg)
 	(void)arg;
 	if (ibv_req_notify_cq(b.rcq, 0) || (one_device && ibv_req_notify_cq(a.scq, 0)))
 		t_fail("ibv_req_notify_cq failed");
+	sem_post(&armed); /* the first send may go: its completion will raise an event */
 	while (t_received < nmsg || t_sent < nmsg) {
 		struct ibv_cq *cq = NULL;
 		void *ctx = NULL;
@@ -139,6 +140,7 @@ int main(int argc, char **argv)
 	tp_end_create(&b, db, &ob);
 	tp_connect_rc(&a, &b);
 	sem_init(&done, 0, 0);
+	sem_init(&armed, 0, 0);
 	if (db != &da) /* two devices: the sender's send CQ is not on the thread's channel; count sends here */
 		t_sent = nmsg;
 
@@ -146,6 +148,8 @@ int main(int argc, char **argv)
 	tp_post_recv(&b, 0, b.buf + RECV_OFF, LEN);
 	pthread_t th;
 	TP_CHECK(pthread_create(&th, NULL, waiter, NULL) == 0, "pthread_create failed");
+	while (sem_wait(&armed) != 0)
+		; /* not before the CQs are armed (a loaded machine may start the thread late) */
 	for (int i = 0; i < nmsg; i++) {
 		usleep(1000); /* let the thread block in ibv_get_cq_event */
 		send_msg(i);

@@ -375,6 +375,16 @@ int main(int argc, char **argv)
 	TP_CHECK(sv_real_name(da.ctx, name0, sizeof(name0)) == 0, "stableverbs_real_device_name failed");
 	printf("recovery: ready, %s, %d QP pair(s) on %s%s%s, pid %d\n", mode_names[mode], npairs, da.name,
 	       db != &da ? " and " : "", db != &da ? db->name : "", (int)getpid());
+	if (mode == EXTERNAL) {
+		/* Where the `stableverbs` command reaches this process (include/stableverbs.h). */
+		__typeof__(&stableverbs_control_path) control_path = need("stableverbs_control_path");
+		char path[256];
+		int rc = control_path(path, sizeof(path));
+		if (rc == 0)
+			printf("recovery: control %s\n", path);
+		else
+			printf("recovery: no control socket (%s)\n", strerror(rc));
+	}
 
 	int done = 0, at_every = bursts / (recoveries + 1);
 	if (at_every < 1)

@@ -153,7 +153,7 @@ struct ControlTests {
         let programs = [one, two]
         for p in programs {
             let socket = RuntimeDirectory.socketPath(dir, pid: p.pid)
-            #expect(p.wait(for: 30, until: { exists(socket) && p.stdout.contains("control \(socket)") }),
+            #expect(p.wait(for: 30, until: { exists(socket) && p.stdout.contains("recovery: control \(socket)") }),
                     "no control socket \(socket): \(p.description)")
         }
         #expect(mode(dir) == 0o700, "runtime dir mode \(String(mode(dir) ?? -1, radix: 8))")
