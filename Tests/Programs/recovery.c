@@ -453,7 +453,13 @@ int main(int argc, char **argv)
 					usleep(1000);
 				check(!sh_pending(dev), "the rxe-like removal of %s did not complete: the shim did not release it", dev);
 			} else {
-				usleep(20000);
+				/* The double fails posts on a dead device (EIO) until the shim noticed (it then
+				 * buffers them): the device returns once the shim let it go. */
+				char nm[64];
+				double deadline = tp_now() + 10;
+				while (sv_real_name(da.ctx, nm, sizeof(nm)) != ENOENT && tp_now() < deadline)
+					usleep(1000);
+				check(sv_real_name(da.ctx, nm, sizeof(nm)) == ENOENT, "the shim did not release %s after its loss", dev);
 			}
 			char newname[64];
 			snprintf(newname, sizeof(newname), "moved%d", done);

@@ -248,6 +248,7 @@ extension Runtime {
             // Hold the context: posts are buffered from here on, polls take the cold path.
             c.peerHold = true
             c.holdMarks = ringMarks(c)
+            recovery.polledSince.removeAll()
             sv_ctx_set_state(c.ptr, SV_CTX_QUIESCING.rawValue)
             return (link, .live)
         }
@@ -261,7 +262,7 @@ extension Runtime {
         case .collide: return PeerMessage("collide").encoded(key: link.key)
         case .live, .recovering: break
         }
-        if mode == .live && recovery.graceUS > 0 { usleep(recovery.graceUS) }
+        if mode == .live { waitForStragglers([link.qp.context]) }
         return withControlLock {
             let q = link.qp
             let c = q.context

@@ -38,8 +38,11 @@
 //
 // Limits (documented in the issue's closing note and README):
 // - the data path races the state flip: a post or poll that read LIVE just before the flip may
-//   still be inside the provider; the engine waits a grace period (STABLEVERBS_GRACE_US, 2000 µs)
-//   before touching real objects. A per-thread epoch would make this exact.
+//   still be inside the provider; the engine waits a grace period before touching real objects:
+//   2 ms, then until every CQ of the group was polled through the cold path (its one poller is out
+//   of the fast path) or STABLEVERBS_GRACE_US (50 ms) passed. A per-thread epoch would make this
+//   exact (a poller descheduled longer than that between its LIVE check and the provider's poll
+//   can still see newer completions before older ones kept for it).
 // - work rings are single-producer/single-consumer per queue (one posting thread per queue, one
 //   polling thread per CQ at a time); QPs whose CQs are extended (ibv_create_cq_ex) and work posted
 //   with the ibv_wr_* API are not recorded: ibv_wr_start waits while the context is not LIVE, and
@@ -113,9 +116,15 @@ final class RecoveryState {
     /// Work ring (address) → its tail when the first post was buffered in it since the context
     /// left LIVE: entries before it were handed to hardware, entries from it on were not.
     var bufferedFrom: [UInt: UInt64] = [:]
+    /// CQs (keys) polled through the cold path since the last flip away from LIVE: their poller
+    /// (one per CQ) is out of the fast path.
+    var polledSince: Set<UInt> = []
     let policy: MatchPolicy
     let quiesceNS: UInt64
+    /// After a flip away from LIVE: at least graceMinUS, at most graceUS (STABLEVERBS_GRACE_US)
+    /// until every CQ was polled through the cold path (waitForStragglers).
     let graceUS: UInt32
+    let graceMinUS: UInt32
     let deviceWaitNS: UInt64
     let matchWaitNS: UInt64
     let rescanNS: UInt64
@@ -129,7 +138,8 @@ final class RecoveryState {
         }
         policy = MatchPolicy(Configuration.environment("STABLEVERBS_MATCH"))
         quiesceNS = number("STABLEVERBS_QUIESCE_MS", 2000) * 1_000_000
-        graceUS = UInt32(min(number("STABLEVERBS_GRACE_US", 2000), 1_000_000))
+        graceUS = UInt32(min(number("STABLEVERBS_GRACE_US", 50_000), 1_000_000))
+        graceMinUS = min(2000, graceUS)
         deviceWaitNS = number("STABLEVERBS_DEVICE_WAIT_MS", 60_000) * 1_000_000
         matchWaitNS = number("STABLEVERBS_MATCH_WAIT_MS", 1000) * 1_000_000
         rescanNS = number("STABLEVERBS_RESCAN_MS", 500) * 1_000_000
@@ -364,12 +374,13 @@ extension Runtime {
         times.startedAt = t0
         withControlLock {
             for c in group where !c.released { sv_ctx_set_state(c.ptr, SV_CTX_RELEASED.rawValue) }
+            recovery.polledSince.removeAll()
         }
         // A device that still works while its removal waits for us (rxe) keeps executing what was
         // handed to it: let that settle first, or a message delivered (an atomic executed) whose
         // completion had not come back yet would be replayed — delivered twice. A dead device
         // (flushed, error completions) ends this at once.
-        if recovery.graceUS > 0 { usleep(recovery.graceUS) }
+        waitForStragglers(group)
         let unsettled = quiesce(group.filter { !$0.released }, stopOnError: true)
         if unsettled > 0 { Log.info("unplanned recovery: \(unsettled) send(s) in flight did not settle (replayed)") }
         times.quiesce = monotonicNS() &- t0
@@ -432,8 +443,9 @@ extension Runtime {
                 c.plannedHold = true
                 sv_ctx_set_state(c.ptr, SV_CTX_QUIESCING.rawValue)
             }
+            recovery.polledSince.removeAll()
         }
-        if recovery.graceUS > 0 { usleep(recovery.graceUS) }
+        waitForStragglers(group)
         let leftover = quiesce(group, stopOnError: false)
         times.quiesce = monotonicNS() &- t0
         let t1 = monotonicNS()
@@ -465,6 +477,25 @@ extension Runtime {
             }
         }
         return rc
+    }
+
+    /// The grace after a flip away from LIVE. A thread that read LIVE just before may still be in a
+    /// fast-path op: a poll about to take completions from the real CQ — if the engine drained
+    /// that CQ first, the thread would hand the application newer completions before the older
+    /// ones kept for it (seen on rxe under TCG with the old fixed 2 ms). So: at least graceMinUS
+    /// (posts), then until every CQ of the group has been polled through the cold path since the
+    /// flip (its one poller is out of the fast path) or STABLEVERBS_GRACE_US passed.
+    func waitForStragglers(_ group: [ContextRecord]) {
+        let start = monotonicNS()
+        if recovery.graceMinUS > 0 { usleep(recovery.graceMinUS) }
+        let deadline = start &+ UInt64(recovery.graceUS) * 1000
+        while monotonicNS() < deadline {
+            let all: Bool = withControlLock {
+                group.allSatisfy { c in c.cqs.values.allSatisfy { recovery.polledSince.contains(key($0.ptr)) } }
+            }
+            if all { return }
+            usleep(200)
+        }
     }
 
     /// Drains the group's real CQs until every send handed to hardware has completed or cannot
@@ -575,7 +606,7 @@ extension Runtime {
 
     /// Destroys every real object of the group (state already QUIESCING→RELEASED or RELEASED).
     func release(_ group: [ContextRecord]) {
-        if recovery.graceUS > 0 { usleep(recovery.graceUS) }
+        if recovery.graceMinUS > 0 { usleep(recovery.graceMinUS) }
         // Threads inside the real get_cq_event finish first (it does not block: the fd was readable).
         let deadline = monotonicNS() &+ 100_000_000
         while withControlLock({ group.contains { c in c.channels.values.contains { $0.inCall > 0 } } }),
@@ -755,7 +786,7 @@ extension Runtime {
 
         // Replay: receives first (every context), then sends; then LIVE.
         let p0 = monotonicNS()
-        let (replayed, liveAt): (UInt64, UInt64) = withControlLock {
+        let replayed: UInt64 = withControlLock {
             var n: UInt64 = 0
             for c in group {
                 for srq in c.nextOrder(c.srqs, { $0.sequence }) {
@@ -776,17 +807,17 @@ extension Runtime {
             }
             recovery.bufferedFrom.removeAll() // one recovery at a time: every ring replayed is live again
             bumpRecoveryEpoch()
-            return (n, monotonicNS())
-        }
-        times.replay = monotonicNS() &- p0
-        times.liveAt = liveAt
-        withControlLock {
+            // The stats with the flip to LIVE (one lock hold): whoever sees the work move again
+            // sees this recovery counted.
+            times.liveAt = monotonicNS()
+            times.replay = times.liveAt &- p0
             recovery.stats.count &+= 1
             recovery.stats.last = times
             recovery.stats.lastPlanned = planned
             recovery.stats.lastContexts = UInt32(group.count)
-            recovery.stats.lastReplayed = replayed
+            recovery.stats.lastReplayed = n
             recovery.stats.lastError = 0
+            return n
         }
         let names = group.map { c in c.device.name == c.currentDeviceName ? c.device.name : "\(c.device.name)→\(c.currentDeviceName)" }
         Log.info("recovery #\(recovery.stats.count) (\(planned ? "planned" : "unplanned"), \(group.count) context(s): \(names.joined(separator: ", "))): "
@@ -867,8 +898,10 @@ extension Runtime {
 
     // MARK: - Cold data paths (called from DataPath when the context is not LIVE)
 
-    /// A post while not LIVE: buffered in the ring (QUIESCING, RELEASED, REBUILDING), or posted
-    /// (RECONNECTING/LIVE: the real objects exist). Control lock: the state cannot change under it.
+    /// A post while not LIVE: buffered in the ring (QUIESCING, RELEASED, REBUILDING, RECONNECTING:
+    /// the replay that ends the recovery re-posts it after the older work, in order — posted
+    /// directly while RECONNECTING, it would overtake that work and then be posted a second time
+    /// by the replay), or posted (LIVE). Control lock: the state cannot change under it.
     func postSendNotLive(_ q: UnsafeMutablePointer<sv_qp>, _ wr: UnsafeMutablePointer<ibv_send_wr>?,
                          _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?) -> Int32 {
         while true {
@@ -922,25 +955,26 @@ extension Runtime {
     }
 
     /// A poll while not LIVE, or with completions pending: pending completions first, then the
-    /// real CQ when it exists.
+    /// real CQ when it exists — under the control lock, so that it never interleaves with the
+    /// engine draining the same CQ (which would hand out newer completions before older ones).
     func pollNotLive(_ c: UnsafeMutablePointer<sv_cq>, _ ne: Int32, _ wc: UnsafeMutablePointer<ibv_wc>?) -> Int32 {
         guard ne > 0, let wc else { return 0 }
-        let (served, realOK): (Int, Bool) = withControlLock {
+        return withControlLock {
             let rec = record(c.pointee.core, as: CQRecord.self)
+            let st = sv_ctx_state(c.pointee.ctx)
+            if st != SV_CTX_LIVE.rawValue { recovery.polledSince.insert(key(c)) }
             let take = min(Int(ne), rec.pending.count)
             for i in 0..<take { wc[i] = rec.pending[i] }
             if take > 0 {
                 rec.pending.removeFirst(take)
                 rec.publishPending()
             }
-            let st = sv_ctx_state(c.pointee.ctx)
             let ok = st == SV_CTX_LIVE.rawValue || st == SV_CTX_QUIESCING.rawValue || st == SV_CTX_RECONNECTING.rawValue
-            return (take, ok && !rec.context.released)
+            if take == Int(ne) || !ok || rec.context.released { return Int32(take) }
+            let n = svPollCQTranslatedRetiring(c, ne - Int32(take), wc + take)
+            if n < 0 { return take > 0 ? Int32(take) : n }
+            return Int32(take) + n
         }
-        if served == Int(ne) || !realOK { return Int32(served) }
-        let n = svPollCQTranslatedRetiring(c, ne - Int32(served), wc + served)
-        if n < 0 { return served > 0 ? Int32(served) : n }
-        return Int32(served) + n
     }
 
     /// Completions with an error status came back from the real CQ (first at `from`): those caused
