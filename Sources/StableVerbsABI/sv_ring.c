@@ -136,6 +136,177 @@ void sv_ring_unrecord_recv(struct sv_wr_ring *r, uint64_t old_tail, const struct
 	atomic_store_explicit(&r->tail, t, memory_order_release);
 }
 
+/* ---- ibv_wr_* batches --------------------------------------------------------------------- */
+
+void sv_ring_wr_start(struct sv_wr_ring *r)
+{
+	r->wr_pending = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	r->wr_msg = r->msg_count;
+	r->wr_cur = NULL;
+	r->wr_over = 0;
+}
+
+void sv_ring_wr_op(struct sv_wr_ring *r, uint64_t wr_id, unsigned int flags, enum ibv_wr_opcode op, uint32_t rkey,
+		   uint64_t remote_addr, uint64_t compare_add, uint64_t swap, uint32_t imm)
+{
+	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+	if (r->wr_pending - head >= r->capacity) {
+		r->wr_cur = NULL;
+		r->wr_over = 1;
+		return;
+	}
+	struct sv_ring_entry *e = sv_ring_at(r, r->wr_pending++);
+	struct ibv_send_wr *w = &e->wr.send;
+	memset(w, 0, sizeof(*w));
+	w->wr_id = wr_id;
+	w->send_flags = flags & ~(unsigned int)IBV_SEND_INLINE; /* inline only through the setters */
+	w->opcode = op;
+	w->sg_list = sv_ring_sges(e);
+	switch (op) {
+	case IBV_WR_ATOMIC_CMP_AND_SWP:
+	case IBV_WR_ATOMIC_FETCH_AND_ADD:
+		w->wr.atomic.remote_addr = remote_addr;
+		w->wr.atomic.compare_add = compare_add;
+		w->wr.atomic.swap = swap;
+		w->wr.atomic.rkey = rkey;
+		break;
+	case IBV_WR_RDMA_WRITE_WITH_IMM:
+		w->imm_data = imm;
+		/* fallthrough */
+	case IBV_WR_RDMA_WRITE:
+	case IBV_WR_RDMA_READ:
+		w->wr.rdma.remote_addr = remote_addr;
+		w->wr.rdma.rkey = rkey;
+		break;
+	case IBV_WR_SEND_WITH_IMM:
+		w->imm_data = imm;
+		break;
+	case IBV_WR_SEND_WITH_INV:
+	case IBV_WR_LOCAL_INV:
+		w->invalidate_rkey = imm;
+		break;
+	default:
+		break;
+	}
+	e->done = 0;
+	e->inline_len = 0;
+	e->msgno = r->wr_msg;
+	r->wr_msg += (uint64_t)sv_opcode_consumes(op);
+	r->wr_cur = e;
+}
+
+void sv_ring_wr_unrecordable(struct sv_wr_ring *r)
+{
+	r->wr_cur = NULL;
+	r->wr_over = 1;
+}
+
+void sv_ring_wr_sge(struct sv_wr_ring *r, uint32_t lkey, uint64_t addr, uint32_t length)
+{
+	struct sv_ring_entry *e = r->wr_cur;
+	if (!e)
+		return;
+	struct ibv_sge *sg = sv_ring_sges(e);
+	sg->addr = addr;
+	sg->length = length;
+	sg->lkey = lkey;
+	e->wr.send.num_sge = 1;
+}
+
+void sv_ring_wr_sge_list(struct sv_wr_ring *r, size_t n, const struct ibv_sge *list)
+{
+	struct sv_ring_entry *e = r->wr_cur;
+	if (!e)
+		return;
+	if (n > r->max_sge) {
+		sv_ring_wr_unrecordable(r);
+		return;
+	}
+	if (n > 0)
+		memcpy(sv_ring_sges(e), list, n * sizeof(struct ibv_sge));
+	e->wr.send.num_sge = (int)n;
+}
+
+/* Inline data is kept after the SGEs, as sv_ring_record_send keeps it; one SGE names the
+ * application's buffer (the replay points it at the kept bytes). */
+static void keep_inline(struct sv_wr_ring *r, struct sv_ring_entry *e, const void *addr, size_t length)
+{
+	unsigned char *dst = (unsigned char *)(sv_ring_sges(e) + r->max_sge);
+	if (length > 0)
+		memcpy(dst + e->inline_len, addr, length);
+	e->inline_len += (uint32_t)length;
+}
+
+static void inline_entry(struct sv_ring_entry *e, uint64_t addr, uint32_t length)
+{
+	struct ibv_sge *sg = sv_ring_sges(e);
+	sg->addr = addr;
+	sg->length = length;
+	sg->lkey = 0;
+	e->wr.send.num_sge = 1;
+	e->wr.send.send_flags |= IBV_SEND_INLINE;
+}
+
+void sv_ring_wr_inline(struct sv_wr_ring *r, const void *addr, size_t length)
+{
+	struct sv_ring_entry *e = r->wr_cur;
+	if (!e)
+		return;
+	if (length > r->max_inline) {
+		sv_ring_wr_unrecordable(r);
+		return;
+	}
+	e->inline_len = 0;
+	keep_inline(r, e, addr, length);
+	inline_entry(e, (uint64_t)(uintptr_t)addr, (uint32_t)length);
+}
+
+void sv_ring_wr_inline_list(struct sv_wr_ring *r, size_t n, const struct ibv_data_buf *list)
+{
+	struct sv_ring_entry *e = r->wr_cur;
+	if (!e)
+		return;
+	size_t total = 0;
+	for (size_t k = 0; k < n; k++)
+		total += list[k].length;
+	if (total > r->max_inline) {
+		sv_ring_wr_unrecordable(r);
+		return;
+	}
+	e->inline_len = 0;
+	for (size_t k = 0; k < n; k++)
+		keep_inline(r, e, list[k].addr, list[k].length);
+	inline_entry(e, n > 0 ? (uint64_t)(uintptr_t)list[0].addr : 0, (uint32_t)total);
+}
+
+void sv_ring_wr_ud(struct sv_wr_ring *r, struct ibv_ah *ah, uint32_t remote_qpn, uint32_t remote_qkey)
+{
+	struct sv_ring_entry *e = r->wr_cur;
+	if (!e)
+		return;
+	e->wr.send.wr.ud.ah = ah;
+	e->wr.send.wr.ud.remote_qpn = remote_qpn;
+	e->wr.send.wr.ud.remote_qkey = remote_qkey;
+}
+
+uint64_t sv_ring_wr_commit(struct sv_wr_ring *r)
+{
+	uint64_t old = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	if (r->wr_over)
+		sv_ring_mark_lost(r);
+	r->msg_count = r->wr_msg;
+	atomic_store_explicit(&r->tail, r->wr_pending, memory_order_release);
+	r->wr_cur = NULL;
+	return old;
+}
+
+void sv_ring_wr_uncommit(struct sv_wr_ring *r, uint64_t old_tail)
+{
+	if (old_tail != atomic_load_explicit(&r->tail, memory_order_relaxed))
+		r->msg_count = sv_ring_at(r, old_tail)->msgno;
+	atomic_store_explicit(&r->tail, old_tail, memory_order_release);
+}
+
 /* Advances head over retired entries. */
 static void advance(struct sv_wr_ring *r, uint64_t head, uint64_t tail)
 {

@@ -10,7 +10,7 @@
  * once, in order); each B's counter ends at its pair's number of messages. No completion may
  * carry an error; the virtual QPNs, keys and fd numbers must not change.
  *
- *   recovery -m MODE [-n bursts] [-k recoveries] [-q pairs] [-x extra-bursts] [-t]
+ *   recovery -m MODE [-n bursts] [-k recoveries] [-q pairs] [-x extra-bursts] [-t] [-w]
  *
  *   planned     stableverbs_detach(NULL) with work in flight; B posts and polls while released
  *               (buffered posts, completions kept from the released CQs); stableverbs_attach()
@@ -29,6 +29,9 @@
  *
  * The first five modes make -k recoveries spread over -n bursts (default 12 and 3) and need the
  * software HCA (STABLEVERBS_LOWER=softhca) except planned.
+ *
+ * -w posts A's work with the ibv_wr_* API (QPs from ibv_create_qp_ex; the SENDs as inline data),
+ * as perftest does, instead of ibv_post_send.
  *
  * -t tolerates duplicates of work in flight at a loss (at least once instead of exactly once): a
  * SEND received again, a FETCH_AND_ADD executed again (the later ones then return one more) are
@@ -98,7 +101,7 @@ static struct pair *pairs;
 static int npairs = 1;
 static int poll_seconds;
 static volatile sig_atomic_t want_detach, want_attach;
-static int detached, tolerate;
+static int detached, tolerate, wr_api;
 
 static void *need(const char *name)
 {
@@ -262,27 +265,17 @@ static struct pair *find_pair(uint32_t qpn, int side_b)
 	return NULL;
 }
 
-static void post_send(struct tp_end *e, enum ibv_wr_opcode op, uint64_t wr_id, void *addr, uint32_t len,
-		      int signaled, uint64_t raddr, uint32_t rkey)
+/* A's posts: ibv_post_send, or the ibv_wr_* API (-w; SENDs then carry their bytes inline). */
+static void post_send(struct tp_end *e, enum tp_op op, uint64_t wr_id, void *addr, uint32_t len, int signaled,
+		      uint64_t raddr, uint32_t rkey)
 {
+	int ex = wr_api && e->qpx; /* B's QPs stay legacy */
 	struct ibv_sge sge = {.addr = (uintptr_t)addr, .length = len, .lkey = e->mr->lkey};
-	struct ibv_send_wr wr, *bad = NULL;
-	memset(&wr, 0, sizeof(wr));
-	wr.wr_id = wr_id;
-	wr.sg_list = &sge;
-	wr.num_sge = 1;
-	wr.opcode = op;
-	wr.send_flags = signaled ? IBV_SEND_SIGNALED : 0;
-	if (op == IBV_WR_RDMA_WRITE) {
-		wr.wr.rdma.remote_addr = raddr;
-		wr.wr.rdma.rkey = rkey;
-	} else if (op == IBV_WR_ATOMIC_FETCH_AND_ADD) {
-		wr.wr.atomic.remote_addr = raddr;
-		wr.wr.atomic.rkey = rkey;
-		wr.wr.atomic.compare_add = 1;
-	}
-	int rc = ibv_post_send(e->qp, &wr, &bad);
-	TP_CHECK(rc == 0, "ibv_post_send(op %d) failed: %s", op, strerror(rc));
+	struct tp_wr w = {.op = op, .wr_id = wr_id, .unsignaled = !signaled, .sg = &sge, .num_sge = 1,
+			  .raddr = raddr, .rkey = rkey, .compare_add = op == TP_FAA ? 1 : 0,
+			  .inline_data = ex && op == TP_SEND};
+	int rc = tp_post(e, &w, ex);
+	TP_CHECK(rc == 0, "posting %s failed: %s", tp_op_name(op), strerror(rc));
 }
 
 static void b_post_recv(struct pair *p, int count)
@@ -298,7 +291,7 @@ int main(int argc, char **argv)
 {
 	int bursts = 12, recoveries = 3, extra = 3, opt;
 	enum mode mode = PLANNED;
-	while ((opt = getopt(argc, argv, "m:n:k:q:x:t")) != -1) {
+	while ((opt = getopt(argc, argv, "m:n:k:q:x:tw")) != -1) {
 		switch (opt) {
 		case 'm':
 			mode = (enum mode)-1;
@@ -312,9 +305,10 @@ int main(int argc, char **argv)
 		case 'q': npairs = atoi(optarg); break;
 		case 'x': extra = atoi(optarg); break;
 		case 't': tolerate = 1; break;
+		case 'w': wr_api = 1; break;
 		default:
 			fprintf(stderr, "usage: recovery -m planned|fatal|rxe|rename|failrebuild|external [-n bursts] "
-					"[-k recoveries] [-q pairs] [-x extra-bursts] [-t]\n");
+					"[-k recoveries] [-q pairs] [-x extra-bursts] [-t] [-w]\n");
 			return 2;
 		}
 	}
@@ -350,7 +344,7 @@ int main(int argc, char **argv)
 	pairs = calloc((size_t)npairs, sizeof(*pairs));
 	TP_CHECK(pairs, "out of memory");
 	struct tp_qp_opts oa = {.type = IBV_QPT_RC, .max_send_wr = 64, .max_recv_wr = 16, .scq = a_scq, .rcq = a_rcq,
-				.buf_size = BUF_SIZE};
+				.buf_size = BUF_SIZE, .ex = wr_api, .max_inline = wr_api ? SLOT : 0};
 	struct tp_qp_opts ob = {.type = IBV_QPT_RC, .max_send_wr = 16, .max_recv_wr = 16, .scq = b_scq, .rcq = b_rcq,
 				.buf_size = BUF_SIZE};
 	for (int i = 0; i < npairs; i++) {
@@ -373,7 +367,7 @@ int main(int argc, char **argv)
 	TP_CHECK(sv_qp_identity(pairs[0].a.qp, &v, &real_a0) == 0, "stableverbs_qp_identity failed");
 	char name0[64];
 	TP_CHECK(sv_real_name(da.ctx, name0, sizeof(name0)) == 0, "stableverbs_real_device_name failed");
-	printf("recovery: ready, %s, %d QP pair(s) on %s%s%s, pid %d\n", mode_names[mode], npairs, da.name,
+	printf("recovery: ready, %s%s, %d QP pair(s) on %s%s%s, pid %d\n", mode_names[mode], wr_api ? " (ibv_wr_*)" : "", npairs, da.name,
 	       db != &da ? " and " : "", db != &da ? db->name : "", (int)getpid());
 	if (mode == EXTERNAL) {
 		/* Where the `stableverbs` command reaches this process (include/stableverbs.h). */
@@ -410,12 +404,12 @@ int main(int argc, char **argv)
 				tp_fill(m->data, sizeof(m->data), seq ^ (uint32_t)i << 20);
 				m->sum = checksum(m->data, sizeof(m->data));
 				/* The WRITE carries the same bytes into B's slot j. */
-				post_send(&p->a, IBV_WR_RDMA_WRITE, (uint64_t)seq << 8 | 1, m->data, sizeof(m->data), 0,
+				post_send(&p->a, TP_WRITE, (uint64_t)seq << 8 | 1, m->data, sizeof(m->data), 0,
 					  (uintptr_t)(p->b.buf + B_WRITE_OFF + j * SLOT), p->b.mr->rkey);
-				post_send(&p->a, IBV_WR_ATOMIC_FETCH_AND_ADD, (uint64_t)seq << 8 | 2,
+				post_send(&p->a, TP_FAA, (uint64_t)seq << 8 | 2,
 					  p->a.buf + A_FAA_OFF + j * 8, 8, 1, (uintptr_t)(p->b.buf + B_COUNTER_OFF),
 					  p->b.mr->rkey);
-				post_send(&p->a, IBV_WR_SEND, (uint64_t)seq << 8 | 3, m, SLOT, 1, 0, 0);
+				post_send(&p->a, TP_SEND, (uint64_t)seq << 8 | 3, m, SLOT, 1, 0, 0);
 			}
 			p->got = p->faa = p->sends = 0;
 		}
@@ -539,7 +533,7 @@ int main(int argc, char **argv)
 		for (int i = 0; i < npairs; i++) {
 			struct msg *m = (struct msg *)(pairs[i].b.buf + B_PONG_OFF);
 			m->seq = pairs[i].expect_seq - 1;
-			post_send(&pairs[i].b, IBV_WR_SEND, 777, m, SLOT, 1, 0, 0);
+			post_send(&pairs[i].b, TP_SEND, 777, m, SLOT, 1, 0, 0);
 		}
 		for (int left = npairs; left > 0;)
 			left -= poll_some(b_scq, wc, "B's pongs");

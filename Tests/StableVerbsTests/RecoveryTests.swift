@@ -75,6 +75,17 @@ struct RecoveryTests {
         #expect(out.line(startingWith: "recovery: device softhca0 -> moved2") != nil, "\(out)")
     }
 
+    /// The same workload posted with the ibv_wr_* API (as perftest posts), SENDs inline: each batch
+    /// is recorded as the WR it stands for and replayed after the loss; posts while released are
+    /// buffered batches.
+    @Test("work posted with ibv_wr_* is replayed exactly", arguments: ["planned", "fatal", "rxe"])
+    func wrAPI(mode: String) throws {
+        let out = try Harness.runProgram("recovery", ["-m", mode, "-w"], setup: .ethOneDevice, extraEnvironment: recoveryEnvironment)
+        #expect(out.line(startingWith: "recovery: ready, \(mode) (ibv_wr_*)") != nil, "\(out)")
+        expectRecovered(out, mode: mode, devices: 1)
+        #expect(!out.stderr.contains("not recorded"), "\(out)")
+    }
+
     /// 16 QP pairs on shared CQs, per-pair sequence numbers, the bursts spread over all of them.
     @Test("16 QP pairs on shared CQs recover together", arguments: ["planned", "rxe"])
     func sixteenPairs(mode: String) throws {

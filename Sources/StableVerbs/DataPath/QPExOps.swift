@@ -3,10 +3,18 @@
 // builder first copies both into the real ibv_qp_ex, then calls the real builder with the remote key
 // translated through the QP's peer map. SGE setters translate lkeys, the UD address setter swaps the
 // virtual AH for the real one and translates the remote QPN through the AH's peer. The rest forward.
+//
+// Recovery: on a QP with a work ring every op and setter is also recorded there, as the
+// ibv_send_wr the legacy API would have posted (sv_ring_wr_*, with the application's virtual
+// values), and ibv_wr_complete commits the batch to the ring before the real one posts it: the
+// replay after a device loss re-posts what did not complete with the legacy post_send. A batch
+// started while the context is not LIVE is only recorded (BUFFERED: the real QP may not exist);
+// its ibv_wr_complete hands it to the recovery engine, which posts it once the QP is back.
 
 import CVerbs
 import Glibc
 import StableVerbsABI
+import Synchronization
 
 /// The sv_qp behind the application's ibv_qp_ex, and its real ibv_qp_ex.
 @inline(__always)
@@ -24,12 +32,45 @@ func svMovedPeerRkeys(_ q: UnsafeMutablePointer<sv_qp>) -> UnsafeMutablePointer<
 
 /// For op builders: copies wr_id/wr_flags from the virtual ibv_qp_ex into the real one.
 @inline(__always)
-func svOpBegin(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?) -> (UnsafeMutablePointer<sv_qp>, UnsafeMutablePointer<ibv_qp_ex>) {
-    let q = svQP(qpx)
+func svOpBegin(_ q: UnsafeMutablePointer<sv_qp>) -> UnsafeMutablePointer<ibv_qp_ex> {
     let r = q.pointee.real_qpx.unsafelyUnwrapped
     r.pointee.wr_id = q.pointee.qpx.wr_id
     r.pointee.wr_flags = q.pointee.qpx.wr_flags
-    return (q, r)
+    return r
+}
+
+/// Whether the open batch is only recorded (started while the context was not LIVE).
+@inline(__always)
+func svBatchBuffered(_ q: UnsafeMutablePointer<sv_qp>) -> Bool {
+    q.pointee.wr_batch == UInt32(SV_WR_BATCH_BUFFERED)
+}
+
+/// Records an op builder's WR in the QP's work ring (if it has one). True when the batch is
+/// buffered: the real QP must not be touched.
+@inline(__always)
+func svRecordOp(
+    _ q: UnsafeMutablePointer<sv_qp>, _ op: ibv_wr_opcode, rkey: UInt32 = 0, addr: UInt64 = 0,
+    compareAdd: UInt64 = 0, swap: UInt64 = 0, imm: UInt32 = 0
+) -> Bool {
+    guard let ring = q.pointee.send_ring else { return false }
+    sv_ring_wr_op(ring, q.pointee.qpx.wr_id, q.pointee.qpx.wr_flags, op, rkey, addr, compareAdd, swap, imm)
+    return svBatchBuffered(q)
+}
+
+/// An op the legacy API cannot replay (TSO, atomic write): the ring is marked lost at the commit.
+@inline(never)
+func svRecordUnrecordable(_ q: UnsafeMutablePointer<sv_qp>) -> Bool {
+    guard let ring = q.pointee.send_ring else { return false }
+    sv_ring_wr_unrecordable(ring)
+    return svBatchBuffered(q)
+}
+
+/// The open batch's state, stored with release order (the recovery engine reads it).
+@inline(__always)
+func svSetBatch(_ q: UnsafeMutablePointer<sv_qp>, _ v: Int) {
+    let offset = MemoryLayout<sv_qp>.offset(of: \sv_qp.wr_batch).unsafelyUnwrapped
+    (UnsafeMutableRawPointer(q) + offset).assumingMemoryBound(to: Atomic<UInt32>.self).pointee
+        .store(UInt32(v), ordering: .releasing)
 }
 
 // MARK: - Op builders
@@ -39,7 +80,9 @@ func svOpBegin(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?) -> (UnsafeMutablePointer
 public func svOpWrAtomicCmpSwp(
     _ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ rkey: UInt32, _ remoteAddr: UInt64, _ compare: UInt64, _ swap: UInt64
 ) {
-    let (q, r) = svOpBegin(qpx)
+    let q = svQP(qpx)
+    if svRecordOp(q, IBV_WR_ATOMIC_CMP_AND_SWP, rkey: rkey, addr: remoteAddr, compareAdd: compare, swap: swap) { return }
+    let r = svOpBegin(q)
     if let rkeys = svMovedPeerRkeys(q) { return svOpWrAtomicCmpSwpMoved(r, rkey, remoteAddr, compare, swap, rkeys) }
     r.pointee.wr_atomic_cmp_swp.unsafelyUnwrapped(r, rkey, remoteAddr, compare, swap)
 }
@@ -54,7 +97,9 @@ func svOpWrAtomicCmpSwpMoved(
 @_cdecl("sv_op_wr_atomic_fetch_add")
 @inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpWrAtomicFetchAdd(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ rkey: UInt32, _ remoteAddr: UInt64, _ add: UInt64) {
-    let (q, r) = svOpBegin(qpx)
+    let q = svQP(qpx)
+    if svRecordOp(q, IBV_WR_ATOMIC_FETCH_AND_ADD, rkey: rkey, addr: remoteAddr, compareAdd: add) { return }
+    let r = svOpBegin(q)
     if let rkeys = svMovedPeerRkeys(q) { return svOpWrAtomicFetchAddMoved(r, rkey, remoteAddr, add, rkeys) }
     r.pointee.wr_atomic_fetch_add.unsafelyUnwrapped(r, rkey, remoteAddr, add)
 }
@@ -71,7 +116,9 @@ func svOpWrAtomicFetchAddMoved(
 public func svOpWrAtomicWrite(
     _ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ rkey: UInt32, _ remoteAddr: UInt64, _ atomicWR: UnsafeRawPointer?
 ) {
-    let (q, r) = svOpBegin(qpx)
+    let q = svQP(qpx)
+    if svRecordUnrecordable(q) { return }
+    let r = svOpBegin(q)
     if let rkeys = svMovedPeerRkeys(q) { return svOpWrAtomicWriteMoved(r, rkey, remoteAddr, atomicWR, rkeys) }
     r.pointee.wr_atomic_write.unsafelyUnwrapped(r, rkey, remoteAddr, atomicWR)
 }
@@ -87,7 +134,9 @@ func svOpWrAtomicWriteMoved(
 @_cdecl("sv_op_wr_local_inv")
 @inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpWrLocalInv(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ invalidateRkey: UInt32) {
-    let (q, r) = svOpBegin(qpx)
+    let q = svQP(qpx)
+    if svRecordOp(q, IBV_WR_LOCAL_INV, imm: invalidateRkey) { return }
+    let r = svOpBegin(q)
     let rkeys = svOwnRkeys(q.pointee.ctx.unsafelyUnwrapped)
     if svMoved(rkeys) != 0 { return svOpWrLocalInvMoved(r, invalidateRkey, rkeys) }
     r.pointee.wr_local_inv.unsafelyUnwrapped(r, invalidateRkey)
@@ -103,7 +152,9 @@ func svOpWrLocalInvMoved(
 @_cdecl("sv_op_wr_rdma_read")
 @inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpWrRdmaRead(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ rkey: UInt32, _ remoteAddr: UInt64) {
-    let (q, r) = svOpBegin(qpx)
+    let q = svQP(qpx)
+    if svRecordOp(q, IBV_WR_RDMA_READ, rkey: rkey, addr: remoteAddr) { return }
+    let r = svOpBegin(q)
     if let rkeys = svMovedPeerRkeys(q) { return svOpWrRdmaReadMoved(r, rkey, remoteAddr, rkeys) }
     r.pointee.wr_rdma_read.unsafelyUnwrapped(r, rkey, remoteAddr)
 }
@@ -118,7 +169,9 @@ func svOpWrRdmaReadMoved(
 @_cdecl("sv_op_wr_rdma_write")
 @inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpWrRdmaWrite(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ rkey: UInt32, _ remoteAddr: UInt64) {
-    let (q, r) = svOpBegin(qpx)
+    let q = svQP(qpx)
+    if svRecordOp(q, IBV_WR_RDMA_WRITE, rkey: rkey, addr: remoteAddr) { return }
+    let r = svOpBegin(q)
     if let rkeys = svMovedPeerRkeys(q) { return svOpWrRdmaWriteMoved(r, rkey, remoteAddr, rkeys) }
     r.pointee.wr_rdma_write.unsafelyUnwrapped(r, rkey, remoteAddr)
 }
@@ -133,7 +186,9 @@ func svOpWrRdmaWriteMoved(
 @_cdecl("sv_op_wr_rdma_write_imm")
 @inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpWrRdmaWriteImm(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ rkey: UInt32, _ remoteAddr: UInt64, _ imm: UInt32) {
-    let (q, r) = svOpBegin(qpx)
+    let q = svQP(qpx)
+    if svRecordOp(q, IBV_WR_RDMA_WRITE_WITH_IMM, rkey: rkey, addr: remoteAddr, imm: imm) { return }
+    let r = svOpBegin(q)
     if let rkeys = svMovedPeerRkeys(q) { return svOpWrRdmaWriteImmMoved(r, rkey, remoteAddr, imm, rkeys) }
     r.pointee.wr_rdma_write_imm.unsafelyUnwrapped(r, rkey, remoteAddr, imm)
 }
@@ -147,13 +202,17 @@ func svOpWrRdmaWriteImmMoved(
 
 @_cdecl("sv_op_wr_send")
 public func svOpWrSend(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?) {
-    let (_, r) = svOpBegin(qpx)
+    let q = svQP(qpx)
+    if svRecordOp(q, IBV_WR_SEND) { return }
+    let r = svOpBegin(q)
     r.pointee.wr_send.unsafelyUnwrapped(r)
 }
 
 @_cdecl("sv_op_wr_send_imm")
 public func svOpWrSendImm(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ imm: UInt32) {
-    let (_, r) = svOpBegin(qpx)
+    let q = svQP(qpx)
+    if svRecordOp(q, IBV_WR_SEND_WITH_IMM, imm: imm) { return }
+    let r = svOpBegin(q)
     r.pointee.wr_send_imm.unsafelyUnwrapped(r, imm)
 }
 
@@ -161,7 +220,9 @@ public func svOpWrSendImm(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ imm: UInt32
 @_cdecl("sv_op_wr_send_inv")
 @inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpWrSendInv(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ invalidateRkey: UInt32) {
-    let (q, r) = svOpBegin(qpx)
+    let q = svQP(qpx)
+    if svRecordOp(q, IBV_WR_SEND_WITH_INV, imm: invalidateRkey) { return }
+    let r = svOpBegin(q)
     if let rkeys = svMovedPeerRkeys(q) { return svOpWrSendInvMoved(r, invalidateRkey, rkeys) }
     r.pointee.wr_send_inv.unsafelyUnwrapped(r, invalidateRkey)
 }
@@ -175,18 +236,31 @@ func svOpWrSendInvMoved(
 
 @_cdecl("sv_op_wr_send_tso")
 public func svOpWrSendTSO(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ hdr: UnsafeMutableRawPointer?, _ hdrSize: UInt16, _ mss: UInt16) {
-    let (_, r) = svOpBegin(qpx)
+    let q = svQP(qpx)
+    if svRecordUnrecordable(q) { return }
+    let r = svOpBegin(q)
     r.pointee.wr_send_tso.unsafelyUnwrapped(r, hdr, hdrSize, mss)
 }
 
 // MARK: - Setters
+
+/// The QP's work ring while a batch records into it, and whether the batch is buffered.
+@inline(__always)
+func svRecordRing(_ q: UnsafeMutablePointer<sv_qp>) -> UnsafeMutablePointer<sv_wr_ring>? {
+    q.pointee.send_ring
+}
 
 @_cdecl("sv_op_wr_set_ud_addr")
 @inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpWrSetUDAddr(
     _ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ ah: UnsafeMutablePointer<ibv_ah>?, _ remoteQPN: UInt32, _ remoteQkey: UInt32
 ) {
-    let r = svRealQPEx(qpx)
+    let q = svQP(qpx)
+    if let ring = svRecordRing(q) {
+        sv_ring_wr_ud(ring, ah, remoteQPN, remoteQkey)
+        if svBatchBuffered(q) { return }
+    }
+    let r = q.pointee.real_qpx.unsafelyUnwrapped
     guard let ah else { return r.pointee.wr_set_ud_addr.unsafelyUnwrapped(r, nil, remoteQPN, remoteQkey) }
     let a = svAH(ah)
     if let peer = a.pointee.peer, svMoved(svQpns(peer)) != 0 {
@@ -202,22 +276,34 @@ func svOpWrSetUDAddrMoved(
     r.pointee.wr_set_ud_addr.unsafelyUnwrapped(r, realAH, IdentityMap.translateMoved(qpns, remoteQPN), remoteQkey)
 }
 
-/// XRC SRQ numbers are forwarded unchanged (XRC is not virtualised yet).
+/// XRC SRQ numbers are forwarded unchanged (XRC is not virtualised yet, nor recorded).
 @_cdecl("sv_op_wr_set_xrc_srqn")
 public func svOpWrSetXRCSRQN(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ remoteSRQN: UInt32) {
-    let r = svRealQPEx(qpx)
+    let q = svQP(qpx)
+    if svRecordUnrecordable(q) { return }
+    let r = q.pointee.real_qpx.unsafelyUnwrapped
     r.pointee.wr_set_xrc_srqn.unsafelyUnwrapped(r, remoteSRQN)
 }
 
 @_cdecl("sv_op_wr_set_inline_data")
 public func svOpWrSetInlineData(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ addr: UnsafeMutableRawPointer?, _ length: Int) {
-    let r = svRealQPEx(qpx)
+    let q = svQP(qpx)
+    if let ring = svRecordRing(q) {
+        sv_ring_wr_inline(ring, addr, length)
+        if svBatchBuffered(q) { return }
+    }
+    let r = q.pointee.real_qpx.unsafelyUnwrapped
     r.pointee.wr_set_inline_data.unsafelyUnwrapped(r, addr, length)
 }
 
 @_cdecl("sv_op_wr_set_inline_data_list")
 public func svOpWrSetInlineDataList(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ count: Int, _ list: UnsafePointer<ibv_data_buf>?) {
-    let r = svRealQPEx(qpx)
+    let q = svQP(qpx)
+    if let ring = svRecordRing(q) {
+        sv_ring_wr_inline_list(ring, count, list)
+        if svBatchBuffered(q) { return }
+    }
+    let r = q.pointee.real_qpx.unsafelyUnwrapped
     r.pointee.wr_set_inline_data_list.unsafelyUnwrapped(r, count, list)
 }
 
@@ -225,6 +311,10 @@ public func svOpWrSetInlineDataList(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ c
 @inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpWrSetSGE(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ lkey: UInt32, _ addr: UInt64, _ length: UInt32) {
     let q = svQP(qpx)
+    if let ring = svRecordRing(q) {
+        sv_ring_wr_sge(ring, lkey, addr, length)
+        if svBatchBuffered(q) { return }
+    }
     let r = q.pointee.real_qpx.unsafelyUnwrapped
     let lkeys = svLkeys(q.pointee.ctx.unsafelyUnwrapped)
     if svMoved(lkeys) != 0 { return svOpWrSetSGEMoved(r, lkey, addr, length, lkeys) }
@@ -242,6 +332,10 @@ func svOpWrSetSGEMoved(
 @inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpWrSetSGEList(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?, _ count: Int, _ list: UnsafePointer<ibv_sge>?) {
     let q = svQP(qpx)
+    if let ring = svRecordRing(q) {
+        sv_ring_wr_sge_list(ring, count, list)
+        if svBatchBuffered(q) { return }
+    }
     let r = q.pointee.real_qpx.unsafelyUnwrapped
     let lkeys = svLkeys(q.pointee.ctx.unsafelyUnwrapped)
     if svMoved(lkeys) == 0 {
@@ -278,45 +372,63 @@ func svSetSGEListTranslated(
 
 @_cdecl("sv_op_wr_start")
 public func svOpWrStart(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?) {
-    if svCtxState(svQP(qpx).pointee.ctx.unsafelyUnwrapped) != SV_CTX_LIVE.rawValue { svWrStartNotLive(svQP(qpx)) }
-    let r = svRealQPEx(qpx)
+    let q = svQP(qpx)
+    if svCtxState(q.pointee.ctx.unsafelyUnwrapped) != SV_CTX_LIVE.rawValue { return svColdWrStart(q) }
+    svWrStartDirect(q)
+}
+
+/// A batch the real QP builds as it goes (and the work ring records).
+@inline(__always)
+func svWrStartDirect(_ q: UnsafeMutablePointer<sv_qp>) {
+    if let ring = q.pointee.send_ring { sv_ring_wr_start(ring) }
+    svSetBatch(q, SV_WR_BATCH_DIRECT)
+    let r = q.pointee.real_qpx.unsafelyUnwrapped
     r.pointee.wr_start.unsafelyUnwrapped(r)
 }
 
-/// COLD: a batch of ibv_wr_* posts starts while the context is not LIVE. The builders write into
-/// the real QP's queue, which does not exist while released: wait until the context is LIVE again
-/// (phase A does not buffer or record ibv_wr_* work; see Recovery.swift).
+/// COLD SLOW PATH: a batch starts while the context is not LIVE: recorded only (BUFFERED), or,
+/// on an untracked QP, started once the context is LIVE again (Recovery.swift).
 @inline(never)
-func svWrStartNotLive(_ q: UnsafeMutablePointer<sv_qp>) {
-    while svCtxState(q.pointee.ctx.unsafelyUnwrapped) != SV_CTX_LIVE.rawValue
-        && svCtxState(q.pointee.ctx.unsafelyUnwrapped) != SV_CTX_PASSTHROUGH.rawValue {
-        usleep(1000)
-    }
+func svColdWrStart(_ q: UnsafeMutablePointer<sv_qp>) {
+    Runtime.current.wrStartNotLive(q)
 }
 
 @_cdecl("sv_op_wr_complete")
 @inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpWrComplete(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?) -> Int32 {
     let q = svQP(qpx)
-    if svCtxState(q.pointee.ctx.unsafelyUnwrapped) != SV_CTX_LIVE.rawValue {
-        return svWrCompleteNotLive(q)
+    if svCtxState(q.pointee.ctx.unsafelyUnwrapped) != SV_CTX_LIVE.rawValue || svBatchBuffered(q) {
+        return svColdWrComplete(q)
     }
     let r = q.pointee.real_qpx.unsafelyUnwrapped
-    return r.pointee.wr_complete.unsafelyUnwrapped(r)
+    guard let ring = q.pointee.send_ring else {
+        let rc = r.pointee.wr_complete.unsafelyUnwrapped(r)
+        svSetBatch(q, SV_WR_BATCH_NONE)
+        return rc
+    }
+    // Committed before the provider posts: a completion may be polled (another thread) at once.
+    let old = sv_ring_wr_commit(ring)
+    let rc = r.pointee.wr_complete.unsafelyUnwrapped(r)
+    if rc != 0 { sv_ring_wr_uncommit(ring, old) }
+    svSetBatch(q, SV_WR_BATCH_NONE)
+    return rc
 }
 
-/// COLD SLOW PATH: the context is not LIVE. For now the batch is completed on the current real QP;
-/// the recovery issue will decide here (the builders have already written into the real QP's queue).
+/// COLD SLOW PATH: the batch was buffered, or the context left LIVE while it was being built
+/// (the recovery engine waits for such a batch before it releases the real QP).
 @inline(never)
-func svWrCompleteNotLive(_ q: UnsafeMutablePointer<sv_qp>) -> Int32 {
-    let r = q.pointee.real_qpx.unsafelyUnwrapped
-    return r.pointee.wr_complete.unsafelyUnwrapped(r)
+func svColdWrComplete(_ q: UnsafeMutablePointer<sv_qp>) -> Int32 {
+    Runtime.current.wrCompleteNotLive(q)
 }
 
 @_cdecl("sv_op_wr_abort")
 public func svOpWrAbort(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?) {
-    let r = svRealQPEx(qpx)
-    r.pointee.wr_abort.unsafelyUnwrapped(r)
+    let q = svQP(qpx)
+    if !svBatchBuffered(q) {
+        let r = q.pointee.real_qpx.unsafelyUnwrapped
+        r.pointee.wr_abort.unsafelyUnwrapped(r)
+    }
+    svSetBatch(q, SV_WR_BATCH_NONE)  // the recorded entries were never committed
 }
 
 // MARK: - Installation

@@ -44,9 +44,10 @@
 //   exact (a poller descheduled longer than that between its LIVE check and the provider's poll
 //   can still see newer completions before older ones kept for it).
 // - work rings are single-producer/single-consumer per queue (one posting thread per queue, one
-//   polling thread per CQ at a time); QPs whose CQs are extended (ibv_create_cq_ex) and work posted
-//   with the ibv_wr_* API are not recorded: ibv_wr_start waits while the context is not LIVE, and
-//   in-flight ibv_wr_* work is not replayed after an unplanned loss.
+//   polling thread per CQ at a time); QPs whose CQs are extended (ibv_create_cq_ex) are not
+//   recorded (ibv_wr_start waits while their context is not LIVE). Work posted with the ibv_wr_*
+//   API is recorded as the legacy WR it stands for (WRBatches.swift); TSO, atomic writes and XRC
+//   are not (their QP's ring is then marked lost, logged at the replay).
 // - unplanned loss, both ends in this process, of a device that stops working at once (a pulled
 //   NIC, a fatal error): a send whose data reached the peer but whose acknowledgement died with the
 //   device is replayed (a duplicate; atomics executed twice). A device that still works while its
@@ -484,14 +485,18 @@ extension Runtime {
     /// that CQ first, the thread would hand the application newer completions before the older
     /// ones kept for it (seen on rxe under TCG with the old fixed 2 ms). So: at least graceMinUS
     /// (posts), then until every CQ of the group has been polled through the cold path since the
-    /// flip (its one poller is out of the fast path) or STABLEVERBS_GRACE_US passed.
+    /// flip (its one poller is out of the fast path) and no ibv_wr_* batch started while LIVE is
+    /// still open (its builders write into the real QP), or STABLEVERBS_GRACE_US passed.
     func waitForStragglers(_ group: [ContextRecord]) {
         let start = monotonicNS()
         if recovery.graceMinUS > 0 { usleep(recovery.graceMinUS) }
         let deadline = start &+ UInt64(recovery.graceUS) * 1000
         while monotonicNS() < deadline {
             let all: Bool = withControlLock {
-                group.allSatisfy { c in c.cqs.values.allSatisfy { recovery.polledSince.contains(key($0.ptr)) } }
+                group.allSatisfy { c in
+                    c.cqs.values.allSatisfy { recovery.polledSince.contains(key($0.ptr)) }
+                        && c.qps.values.allSatisfy { sv_qp_wr_batch($0.ptr) != UInt32(SV_WR_BATCH_DIRECT) }
+                }
             }
             if all { return }
             usleep(200)
@@ -844,6 +849,15 @@ extension Runtime {
         if sv_ring_is_lost(r) != 0 {
             Log.warn("replay: QP \(hex(q.pointee.qpx.qp_base.qp_num)) posted more than its work ring holds; some of its work in flight was not recorded and is not replayed")
         }
+        let (n, rc, _) = postRingSends(r, q, from: from)
+        if rc != 0 { Log.error("replay: re-posting \(n) send(s) failed (errno \(rc)); those are lost") }
+        return n
+    }
+
+    /// Posts the entries of a send ring from `from` to its tail that are not done, in order, through
+    /// the translated path. Returns how many, the provider's answer, and the ring index of the entry
+    /// it refused (the tail when none).
+    func postRingSends(_ r: UnsafeMutablePointer<sv_wr_ring>, _ q: UnsafeMutablePointer<sv_qp>, from: UInt64) -> (UInt64, Int32, UInt64) {
         let head = sv_ring_head(r), tail = sv_ring_tail(r)
         var n: UInt64 = 0
         var first: UnsafeMutablePointer<ibv_send_wr>? = nil
@@ -866,11 +880,13 @@ extension Runtime {
             last = w
             n &+= 1
         }
-        guard let first else { return 0 }
+        guard let first else { return (0, 0, tail) }
         var bad: UnsafeMutablePointer<ibv_send_wr>? = nil
         let rc = svPostSendTranslated(q, first, &bad)
-        if rc != 0 { Log.error("replay: re-posting \(n) send(s) failed (errno \(rc)); those are lost") }
-        return n
+        guard rc != 0, let bad else { return (n, rc, tail) }
+        var j = max(head, from)
+        while j != tail, UnsafeMutableRawPointer(sv_ring_at(r, j)!) != UnsafeMutableRawPointer(bad) { j &+= 1 }
+        return (n, rc, j)
     }
 
     func replayRecv(_ r: UnsafeMutablePointer<sv_wr_ring>, _ object: UnsafeMutableRawPointer, isSRQ: Bool, from: UInt64 = 0) -> UInt64 {
@@ -949,7 +965,7 @@ extension Runtime {
     }
 
     /// Where buffering starts in a ring (control lock): what comes before was handed to hardware.
-    private func noteBuffering(_ ring: UnsafeMutablePointer<sv_wr_ring>) {
+    func noteBuffering(_ ring: UnsafeMutablePointer<sv_wr_ring>) {
         let k = UInt(bitPattern: ring)
         if recovery.bufferedFrom[k] == nil { recovery.bufferedFrom[k] = sv_ring_tail(ring) }
     }

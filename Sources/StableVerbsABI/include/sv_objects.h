@@ -148,7 +148,12 @@ struct sv_wr_ring {
 	uint64_t pad0[7];
 	_Atomic(uint64_t) tail;  /* next free entry (poster) */
 	uint64_t msg_count;      /* send rings: receive-consuming messages recorded so far (poster) */
-	uint64_t pad1[6];
+	uint64_t wr_pending;     /* ibv_wr_* batch: next entry of the open batch (poster) */
+	uint64_t wr_msg;         /* ibv_wr_* batch: msg_count once the batch is committed (poster) */
+	struct sv_ring_entry *wr_cur; /* ibv_wr_* batch: the entry the setters fill (NULL: not recorded) */
+	uint32_t wr_over;        /* ibv_wr_* batch: an op or setter could not be recorded */
+	uint32_t pad2;
+	uint64_t pad1[2];
 	uint32_t capacity;       /* entries, a power of two */
 	uint32_t max_sge;
 	uint32_t max_inline;
@@ -189,6 +194,25 @@ static inline int sv_opcode_consumes(enum ibv_wr_opcode op)
 	return op == IBV_WR_SEND || op == IBV_WR_SEND_WITH_IMM || op == IBV_WR_SEND_WITH_INV ||
 	       op == IBV_WR_RDMA_WRITE_WITH_IMM;
 }
+/* ibv_wr_* batches (data path, like sv_ring_record_send): the op builders and setters record the
+ * WR as an ibv_send_wr in the entries after tail; sv_ring_wr_commit publishes them before the real
+ * wr_complete (which may fail: sv_ring_wr_uncommit) and an abort simply does not commit. An op or
+ * setter that cannot be recorded (ring full, more SGEs or inline bytes than the QP was created
+ * for, an opcode the legacy API cannot replay) makes the commit mark the ring lost. */
+enum { SV_WR_BATCH_NONE = 0, SV_WR_BATCH_DIRECT = 1, SV_WR_BATCH_BUFFERED = 2 };
+void sv_ring_wr_start(struct sv_wr_ring *r);
+void sv_ring_wr_op(struct sv_wr_ring *r, uint64_t wr_id, unsigned int flags, enum ibv_wr_opcode op, uint32_t rkey,
+		   uint64_t remote_addr, uint64_t compare_add, uint64_t swap, uint32_t imm);
+void sv_ring_wr_unrecordable(struct sv_wr_ring *r);
+void sv_ring_wr_sge(struct sv_wr_ring *r, uint32_t lkey, uint64_t addr, uint32_t length);
+void sv_ring_wr_sge_list(struct sv_wr_ring *r, size_t n, const struct ibv_sge *list);
+void sv_ring_wr_inline(struct sv_wr_ring *r, const void *addr, size_t length);
+void sv_ring_wr_inline_list(struct sv_wr_ring *r, size_t n, const struct ibv_data_buf *list);
+void sv_ring_wr_ud(struct sv_wr_ring *r, struct ibv_ah *ah, uint32_t remote_qpn, uint32_t remote_qkey);
+/* Returns the tail before the commit (for sv_ring_wr_uncommit). */
+uint64_t sv_ring_wr_commit(struct sv_wr_ring *r);
+void sv_ring_wr_uncommit(struct sv_wr_ring *r, uint64_t old_tail);
+
 /* Advances head over entries marked done (recovery, control lock). */
 void sv_ring_settle(struct sv_wr_ring *r);
 
@@ -268,7 +292,7 @@ struct sv_qp {
 	struct sv_context *ctx;
 	struct sv_peer_ids *peer;  /* remote end's identities for RC/UC (NULL: identity) */
 	uint32_t real_qpn;
-	uint32_t reserved;
+	uint32_t wr_batch;         /* ibv_wr_* batch open: SV_WR_BATCH_* (poster stores, recovery loads) */
 	void *core;
 	struct sv_wr_ring *send_ring; /* NULL: not tracked */
 	struct sv_wr_ring *recv_ring; /* the QP's own, or its SRQ's */
@@ -311,6 +335,10 @@ static inline void sv_cq_set_pending(struct sv_cq *c, uint32_t n)
 static inline void sv_ring_mark_lost(struct sv_wr_ring *r)
 {
 	atomic_store_explicit(&r->lost, 1, memory_order_relaxed);
+}
+static inline uint32_t sv_qp_wr_batch(const struct sv_qp *q)
+{
+	return __atomic_load_n(&q->wr_batch, __ATOMIC_ACQUIRE);
 }
 static inline uint32_t sv_ring_is_lost(struct sv_wr_ring *r)
 {
