@@ -1,5 +1,6 @@
-// The peer protocol in the lab (issue 4): unmodified ibv_rc_pingpong / ibv_srq_pingpong through
-// the shim on real rxe while one guest's device (or NIC) goes away and comes back, and with both
+// The peer protocol in the lab (issue 4): unmodified ibv_rc_pingpong / ibv_srq_pingpong,
+// ibv_ud_pingpong and perftest's ib_write_lat (ibv_wr_* posts, inline data, writes polled in
+// memory) through the shim on real rxe while one guest's device (or NIC) goes away and comes back, and with both
 // ends in one guest (both move at once). Every program must end with exit status 0 and its normal
 // output; the shim must have recovered once per loss. The guest side is scripts/peer-recovery.sh.
 // CI runs small counts (1 loss across guests, 2 in one guest); `PEER_LOSSES=5 swift test --filter
@@ -36,21 +37,46 @@ extension LabTests {
         }
     }
 
-    /// ibv_rc_pingpong across two guests; the client guest's device goes `k` times (`how`).
-    private func twoGuestRC(losses k: Int, how: String) async throws -> [(guest: Int, text: String)] {
-        let n = 1500 + 1500 * k
+    /// `program` across two guests; the client guest's device goes `k` times (`how`).
+    private func twoGuest(_ program: String = "ibv_rc_pingpong", iterations n: Int, losses k: Int,
+                          how: String) async throws -> [(guest: Int, text: String)] {
         let (status, lines, _) = try await Lab.run([
-            "\(script) server ibv_rc_pingpong \(n) 0",
-            "\(script) client ibv_rc_pingpong \(n) \(k) \(how)",
+            "\(script) server \(program) \(n) 0",
+            "\(script) client \(program) \(n) \(k) \(how)",
         ], guests: 2, timeout: Double(300 + 90 * k))
         expectSurvived(lines, status: status, iterations: n, movers: ["client": k])
         return lines
+    }
+
+    /// ibv_rc_pingpong across two guests (≈4.4 ms an iteration there).
+    private func twoGuestRC(losses k: Int, how: String) async throws -> [(guest: Int, text: String)] {
+        try await twoGuest(iterations: 1500 + 1500 * k, losses: k, how: how)
+    }
+
+    /// perftest's ib_write_lat (≈360 µs an iteration across guests): each side RDMA-writes into the
+    /// other's buffer with ibv_wr_* (inline) and spins on its own memory for the peer's write, so a
+    /// write lost with the device would hang both. The full count is the issue's -n 100000.
+    @Test("peer protocol: ib_write_lat across two guests while the client guest's rxe0 is deleted and re-added",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
+    func peerWriteLatDeviceDelete() async throws {
+        let k = losses ?? 1
+        _ = try await twoGuest("ib_write_lat", iterations: losses == nil ? 20_000 : 100_000, losses: k, how: "delete")
     }
 
     @Test("peer protocol: ibv_rc_pingpong across two guests while the client guest's rxe0 is deleted and re-added",
           .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
     func peerRCDeviceDelete() async throws {
         _ = try await twoGuestRC(losses: losses ?? 1, how: "delete")
+    }
+
+    /// ibv_ud_pingpong (≈9 ms an iteration across guests): the moved shim tells the peer host's
+    /// shims where its UD QPs are now before it replays its sends.
+    @Test("peer protocol: ibv_ud_pingpong across two guests while the client guest's rxe0 is deleted and re-added",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
+    func peerUDDeviceDelete() async throws {
+        let k = losses ?? 1
+        let lines = try await twoGuest("ibv_ud_pingpong", iterations: 3000 + 2000 * k, losses: k, how: "delete")
+        #expect(lines.contains { $0.text.contains("UD QPs on ") && $0.text.contains(" moved: ") }, "the server's shim was not told where the client's UD QP went")
     }
 
     @Test("peer protocol: ibv_rc_pingpong across two guests while the client guest's NIC is replaced (new MAC)",

@@ -58,7 +58,7 @@ extension Runtime {
         p.pointee.ah.handle = real.pointee.handle
         p.pointee.real = real
         p.pointee.ctx = ctx.ptr
-        storePeer(p.pointer(to: \.peer)!, peer?.peerIDs)
+        storePeer(p.pointer(to: \.peer)!, ahPeerIDs(attr, local: peer))
         let rec = AHRecord(ptr: p, sequence: sequence(), context: ctx, pd: pd, attr: attr)
         rec.peerContext = peer
         p.pointee.core = opaque(rec)

@@ -80,6 +80,9 @@ final class PeerLink {
 /// The peer protocol's state in this process (control lock unless noted).
 final class PeerRegistry {
     var links: [UInt: PeerLink] = [:]     // by QP (key(sv_qp))
+    /// QPN maps of UD destinations on other hosts, by GID (UDPeers.swift); never freed (address
+    /// handles of any generation may point at them).
+    var udPeers: [String: UnsafeMutablePointer<sv_peer_ids>] = [:]
     var serviceStarted = false
     var listenFD: Int32 = -1
     var port: UInt16 = 0

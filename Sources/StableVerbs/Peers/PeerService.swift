@@ -5,6 +5,8 @@
 //
 // Requests:  hello  (PeerLinks.swift: who owns this QPN?)        → owner | not-mine
 //            moved  (Reconnect.swift: my end of our link moved)   → reconnected | busy | collide | denied
+//            pausing (Reconnect.swift: a planned detach begins)   → paused
+//            ud-moved (UDPeers.swift: my UD QPs are now these)    → noted | denied
 
 import CVerbs
 import Glibc
@@ -104,6 +106,8 @@ extension Runtime {
             reply = answerMoved(d)
         case "pausing":
             reply = answerPausing(d)
+        case "ud-moved":
+            reply = answerUDMoved(d.message, from: PeerHost(peerOf: fd)).encoded(key: nil)
         default:
             reply = PeerMessage("error").encoded(key: nil)
         }

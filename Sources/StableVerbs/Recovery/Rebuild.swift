@@ -238,7 +238,7 @@ extension Runtime {
             ah.ptr.pointee.real = n
             ah.ptr.pointee.ah.handle = n.pointee.handle
             ah.peerContext = peer
-            storePeer(ah.ptr.pointer(to: \.peer)!, peer?.peerIDs)
+            storePeer(ah.ptr.pointer(to: \.peer)!, ahPeerIDs(ah.attr, local: peer))
         }
         for other in orderedContexts() where other !== ctx && !other.released {
             for ah in other.ahs.values where ah.peerContext === ctx {
@@ -248,7 +248,7 @@ extension Runtime {
                 ah.ptr.pointee.real = n
                 ah.ptr.pointee.ah.handle = n.pointee.handle
                 ah.peerContext = peer
-                storePeer(ah.ptr.pointer(to: \.peer)!, peer?.peerIDs)
+                storePeer(ah.ptr.pointer(to: \.peer)!, ahPeerIDs(ah.attr, local: peer))
                 _ = ops.destroy_ah?(old)
             }
         }

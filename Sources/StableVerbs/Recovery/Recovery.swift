@@ -55,7 +55,8 @@
 //   this cannot happen there. Between processes the peer protocol's counts make SENDs exact; an
 //   atomic whose response died with the device is not executed again, but its result is lost
 //   (logged).
-// - UD peers in other processes are not told of a move (their sends name the old QPN).
+// - UD peers in other processes are told of a move only when this process has an address handle
+//   to their host (UDPeers.swift).
 // - application control verbs (create/modify/destroy/query) issued while a context is not LIVE
 //   are not held back.
 
@@ -784,6 +785,7 @@ extension Runtime {
         // Connections to other processes: the peer protocol (Peers/Reconnect.swift).
         let l0 = monotonicNS()
         reconnectLinks(group)
+        announceUDMoves(group)
         reconnectNS &+= monotonicNS() &- l0
         times.deviceWait = waitNS
         times.rebuild = rebuildNS

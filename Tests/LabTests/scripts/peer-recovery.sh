@@ -1,6 +1,8 @@
 #!/bin/sh
 # Lab guest script for the peer-protocol tests (Tests/LabTests/PeerRecoveryLabTests.swift): an
 # unmodified RDMA program runs through the shim while this guest's device goes away and comes back.
+# PROGRAM is an rdma-core example (ibv_rc_pingpong, ibv_srq_pingpong, ibv_ud_pingpong: -g 1) or a
+# perftest latency test (ib_write_lat, ib_send_lat, ...: -x 1); ITERATIONS is its -n.
 #
 #   peer-recovery.sh server|client|both  PROGRAM  ITERATIONS  LOSSES  HOW
 #     server   run PROGRAM's server side (two guests; the peer guest moves)
@@ -20,10 +22,14 @@ mkdir -p "$OUT"
 run() {  # side peer-address-or-empty; a client retries while the server is not listening yet
   tries=0
   while :; do
-    LD_PRELOAD=$STABLEVERBS_LIB $PROG -d rxe0 -g 1 -p $PORT -n "$N" $2 > "$OUT/$1.out" 2> "$OUT/$1.err"
+    case "$PROG" in
+      ib_*) gid="-x 1" ;;   # perftest
+      *) gid="-g 1" ;;
+    esac
+    LD_PRELOAD=$STABLEVERBS_LIB $PROG -d rxe0 $gid -p $PORT -n "$N" ${PROG_ARGS:-} $2 > "$OUT/$1.out" 2> "$OUT/$1.err"
     rc=$?
     tries=$((tries+1))
-    [ $rc != 0 ] && [ -n "$2" ] && [ $tries -lt 60 ] && grep -q "Couldn't connect" "$OUT/$1.out" "$OUT/$1.err" && { sleep 0.5; continue; }
+    [ $rc != 0 ] && [ -n "$2" ] && [ $tries -lt 60 ] && grep -q "Couldn't connect\|Unable to open file descriptor" "$OUT/$1.out" "$OUT/$1.err" && { sleep 0.5; continue; }
     break
   done
   echo $rc > "$OUT/$1.rc"
@@ -31,7 +37,10 @@ run() {  # side peer-address-or-empty; a client retries while the server is not 
 
 result() {  # side
   rc=$(cat "$OUT/$1.rc" 2>/dev/null || echo killed)
-  iters=$(sed -n 's/^\([0-9][0-9]*\) iters in .*/\1/p' "$OUT/$1.out" | tail -1)
+  case "$PROG" in
+    ib_*) iters=$(awk '/#bytes *#iterations/ { getline; print $2; exit }' "$OUT/$1.out") ;;  # perftest's table
+    *) iters=$(sed -n 's/^\([0-9][0-9]*\) iters in .*/\1/p' "$OUT/$1.out" | tail -1) ;;
+  esac
   recoveries=$(grep -c 'recovery #' "$OUT/$1.err")
   sed "s/^/$1: /" "$OUT/$1.out" "$OUT/$1.err" | grep -v ' bytes in \|^[a-z]*: *$'
   echo "PEER-RESULT side=$1 rc=$rc iters=${iters:-0} recoveries=$recoveries"
@@ -45,7 +54,9 @@ recovered() {  # k sides...: every side's shim has logged its k-th recovery
 }
 
 introduced() {  # sides...: every side's shim has introduced its connection to the peer shim
-  for side in "$@"; do grep -q "peer: link .* introduced" "$OUT/$side.err" 2>/dev/null || return 1; done
+  # (UD has no connection: the shim has opened the device; the first loss comes later, below)
+  case "$PROG" in *ud_*) pattern="info: opened " ;; *) pattern="peer: link .* introduced" ;; esac
+  for side in "$@"; do grep -q "$pattern" "$OUT/$side.err" 2>/dev/null || return 1; done
 }
 
 lose() {  # sides -- pids: while the programs run, LOSSES times the device goes and comes back
@@ -55,7 +66,8 @@ lose() {  # sides -- pids: while the programs run, LOSSES times the device goes 
   k=0
   # The first loss once the connection is up (the shims have introduced themselves).
   i=0; while ! introduced $sides && alive "$@" && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
-  sleep ${FIRST_LOSS_AFTER:-1}
+  case "$PROG" in *ud_*) first=4 ;; *) first=1 ;; esac
+  sleep ${FIRST_LOSS_AFTER:-$first}
   while [ $k -lt "$LOSSES" ] && alive "$@"; do
     # The next loss only once the shims have come back from the previous one.
     i=0; while [ $k -gt 0 ] && ! recovered $k $sides && alive "$@" && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
