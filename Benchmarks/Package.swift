@@ -2,6 +2,7 @@
 // The benchmark package (issue 5): its own package so that the root build stays fast.
 //
 //   cd Benchmarks && swift package benchmark --target FastPath
+//   cd Benchmarks && swift run stableverbs-bench all     (the suites, tables, JSON and charts)
 //
 // ordo-one/benchmark reports wall-clock percentiles, mallocs and ARC traffic per op; the
 // single-nanosecond comparison (shim vs the same provider called directly) is the C driver's job
@@ -14,11 +15,26 @@ let root = Context.packageDirectory.split(separator: "/").dropLast().last.map { 
 let package = Package(
     name: "StableVerbsBenchmarks",
     platforms: [.macOS(.v13)],
+    products: [
+        // Runs the suites (the scripts beside this file) and writes tables, JSON and PNG charts.
+        // It orchestrates; it does not link StableVerbs, so that it builds in seconds.
+        .executable(name: "stableverbs-bench", targets: ["StableVerbsBench"]),
+    ],
     dependencies: [
         .package(path: ".."),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
     ],
     targets: [
+        .executableTarget(
+            name: "StableVerbsBench",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            path: "Sources/StableVerbsBench"
+        ),
         .executableTarget(
             name: "FastPath",
             dependencies: [
