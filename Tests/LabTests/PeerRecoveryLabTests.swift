@@ -37,13 +37,14 @@ extension LabTests {
         }
     }
 
-    /// `program` across two guests; the client guest's device goes `k` times (`how`).
+    /// `program` across two guests; the client guest's device goes `k` times (`how`). `seconds`:
+    /// how long the programs may take (the guest script kills them after that).
     private func twoGuest(_ program: String = "ibv_rc_pingpong", iterations n: Int, losses k: Int,
-                          how: String) async throws -> [(guest: Int, text: String)] {
+                          how: String, seconds: Int = 300) async throws -> [(guest: Int, text: String)] {
         let (status, lines, _) = try await Lab.run([
-            "\(script) server \(program) \(n) 0",
-            "\(script) client \(program) \(n) \(k) \(how)",
-        ], guests: 2, timeout: Double(300 + 90 * k))
+            "WAITFOR=\(seconds * 10) \(script) server \(program) \(n) 0",
+            "WAITFOR=\(seconds * 10) \(script) client \(program) \(n) \(k) \(how)",
+        ], guests: 2, timeout: Double(seconds + 90 * k))
         expectSurvived(lines, status: status, iterations: n, movers: ["client": k])
         return lines
     }
@@ -53,14 +54,16 @@ extension LabTests {
         try await twoGuest(iterations: 1500 + 1500 * k, losses: k, how: how)
     }
 
-    /// perftest's ib_write_lat (≈360 µs an iteration across guests): each side RDMA-writes into the
+    /// perftest's ib_write_lat: each side RDMA-writes into the
     /// other's buffer with ibv_wr_* (inline) and spins on its own memory for the peer's write, so a
     /// write lost with the device would hang both. The full count is the issue's -n 100000.
     @Test("peer protocol: ib_write_lat across two guests while the client guest's rxe0 is deleted and re-added",
           .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
     func peerWriteLatDeviceDelete() async throws {
         let k = losses ?? 1
-        _ = try await twoGuest("ib_write_lat", iterations: losses == nil ? 20_000 : 100_000, losses: k, how: "delete")
+        // Under the guest script's own load an iteration takes ≈5 ms here.
+        _ = try await twoGuest("ib_write_lat", iterations: losses == nil ? 8_000 : 100_000, losses: k, how: "delete",
+                               seconds: losses == nil ? 300 : 1200)
     }
 
     @Test("peer protocol: ibv_rc_pingpong across two guests while the client guest's rxe0 is deleted and re-added",

@@ -88,7 +88,7 @@ lose() {  # sides -- pids: while the programs run, LOSSES times the device goes 
 waitfor() {  # pids: bounded wait, then kill
   i=0
   while alive "$@" && [ $i -lt ${WAITFOR:-3000} ]; do sleep 0.1; i=$((i+1)); done
-  alive "$@" && { echo "peer-recovery: killing $* after 300 s"; kill -9 "$@"; }
+  alive "$@" && { echo "peer-recovery: killing $* after $((${WAITFOR:-3000} / 10)) s"; kill -9 "$@"; }
   wait "$@" 2>/dev/null
 }
 
