@@ -150,6 +150,12 @@ void sv_ring_wr_op(struct sv_wr_ring *r, uint64_t wr_id, unsigned int flags, enu
 		   uint64_t remote_addr, uint64_t compare_add, uint64_t swap, uint32_t imm)
 {
 	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	if (r->wr_pending < tail) {
+		/* No ibv_wr_start before this op (misuse): never write over live entries. */
+		r->wr_pending = tail;
+		r->wr_msg = r->msg_count;
+	}
 	if (r->wr_pending - head >= r->capacity) {
 		r->wr_cur = NULL;
 		r->wr_over = 1;
@@ -294,9 +300,11 @@ uint64_t sv_ring_wr_commit(struct sv_wr_ring *r)
 	uint64_t old = atomic_load_explicit(&r->tail, memory_order_relaxed);
 	if (r->wr_over)
 		sv_ring_mark_lost(r);
+	r->wr_cur = NULL;
+	if (r->wr_pending <= old)
+		return old; /* nothing recorded since the last commit (or no ibv_wr_start at all) */
 	r->msg_count = r->wr_msg;
 	atomic_store_explicit(&r->tail, r->wr_pending, memory_order_release);
-	r->wr_cur = NULL;
 	return old;
 }
 
