@@ -4,7 +4,7 @@
 // ends in one guest (both move at once). Every program must end with exit status 0 and its normal
 // output; the shim must have recovered once per loss. The guest side is scripts/peer-recovery.sh.
 // CI runs small counts (1 loss across guests, 2 in one guest); `PEER_LOSSES=5 swift test --filter
-// LabTests.peer` runs the full ones (NIC replacements capped at 3).
+// LabTests.peer` runs the full ones (NIC replacements capped at 3; ib_write_lat -n 100000).
 
 import Foundation
 import Testing
@@ -80,6 +80,27 @@ extension LabTests {
         let k = losses ?? 1
         let lines = try await twoGuest("ibv_ud_pingpong", iterations: 3000 + 2000 * k, losses: k, how: "delete")
         #expect(lines.contains { $0.text.contains("UD QPs on ") && $0.text.contains(" moved: ") }, "the server's shim was not told where the client's UD QP went")
+    }
+
+    /// The other programs and ways of losing the device, across two guests: the planned path under
+    /// ib_write_lat, NIC swaps under ibv_ud_pingpong, a device deletion under ibv_srq_pingpong
+    /// (16 connections on one SRQ). Each was also run by hand with the other ways (README).
+    @Test("peer protocol: across two guests — ib_write_lat planned, ibv_ud_pingpong NIC swap, ibv_srq_pingpong device deletion",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)),
+          arguments: [("ib_write_lat", "planned"), ("ibv_ud_pingpong", "nic"), ("ibv_srq_pingpong", "delete")])
+    func peerOtherPrograms(program: String, how: String) async throws {
+        let k = how == "nic" ? losses.map { min($0, 3) } ?? 1 : losses ?? 1
+        let n: Int
+        switch program {
+        case "ib_write_lat": n = losses == nil ? 8_000 : 100_000
+        case "ibv_ud_pingpong": n = 3000 + 2000 * k
+        default: n = 20_000 + 10_000 * k   // ibv_srq_pingpong: an iteration per message over 16 QPs
+        }
+        let lines = try await twoGuest(program, iterations: n, losses: k, how: how,
+                                       seconds: program == "ib_write_lat" && losses != nil ? 1200 : 300)
+        if how == "planned" {
+            #expect(lines.contains { $0.text.contains("the peer announced a planned detach") }, "the server was not told of the planned detach")
+        }
     }
 
     @Test("peer protocol: ibv_rc_pingpong across two guests while the client guest's NIC is replaced (new MAC)",
