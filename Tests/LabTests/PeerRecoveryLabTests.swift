@@ -3,8 +3,9 @@
 // memory) through the shim on real rxe while one guest's device (or NIC) goes away and comes back, and with both
 // ends in one guest (both move at once). Every program must end with exit status 0 and its normal
 // output; the shim must have recovered once per loss. The guest side is scripts/peer-recovery.sh.
-// CI runs small counts (1 loss across guests, 2 in one guest); `PEER_LOSSES=5 swift test --filter
-// LabTests.peer` runs the full ones (NIC replacements capped at 3; ib_write_lat -n 100000).
+// CI runs small counts (across guests one loss of each way per program, 2 in one guest);
+// `PEER_LOSSES=5 swift test --filter LabTests.peer` runs the full ones (a run per program and way;
+// NIC replacements capped at 3; ib_write_lat -n 100000).
 
 import Foundation
 import Testing
@@ -49,71 +50,47 @@ extension LabTests {
         return lines
     }
 
-    /// ibv_rc_pingpong across two guests (≈4.4 ms an iteration there).
-    private func twoGuestRC(losses k: Int, how: String) async throws -> [(guest: Int, text: String)] {
-        try await twoGuest(iterations: 1500 + 1500 * k, losses: k, how: how)
-    }
-
-    /// perftest's ib_write_lat: each side RDMA-writes into the
-    /// other's buffer with ibv_wr_* (inline) and spins on its own memory for the peer's write, so a
-    /// write lost with the device would hang both. The full count is the issue's -n 100000.
-    @Test("peer protocol: ib_write_lat across two guests while the client guest's rxe0 is deleted and re-added",
-          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
-    func peerWriteLatDeviceDelete() async throws {
-        let k = losses ?? 1
-        // Under the guest script's own load an iteration takes ≈5 ms here.
-        _ = try await twoGuest("ib_write_lat", iterations: losses == nil ? 8_000 : 100_000, losses: k, how: "delete",
-                               seconds: losses == nil ? 300 : 1200)
-    }
-
-    @Test("peer protocol: ibv_rc_pingpong across two guests while the client guest's rxe0 is deleted and re-added",
-          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
-    func peerRCDeviceDelete() async throws {
-        _ = try await twoGuestRC(losses: losses ?? 1, how: "delete")
-    }
-
-    /// ibv_ud_pingpong (≈9 ms an iteration across guests): the moved shim tells the peer host's
-    /// shims where its UD QPs are now before it replays its sends.
-    @Test("peer protocol: ibv_ud_pingpong across two guests while the client guest's rxe0 is deleted and re-added",
-          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
-    func peerUDDeviceDelete() async throws {
-        let k = losses ?? 1
-        let lines = try await twoGuest("ibv_ud_pingpong", iterations: 3000 + 2000 * k, losses: k, how: "delete")
-        #expect(lines.contains { $0.text.contains("UD QPs on ") && $0.text.contains(" moved: ") }, "the server's shim was not told where the client's UD QP went")
-    }
-
-    /// The other programs and ways of losing the device, across two guests: the planned path under
-    /// ib_write_lat, NIC swaps under ibv_ud_pingpong, a device deletion under ibv_srq_pingpong
-    /// (16 connections on one SRQ). Each was also run by hand with the other ways (README).
-    @Test("peer protocol: across two guests — ib_write_lat planned, ibv_ud_pingpong NIC swap, ibv_srq_pingpong device deletion",
-          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)),
-          arguments: [("ib_write_lat", "planned"), ("ibv_ud_pingpong", "nic"), ("ibv_srq_pingpong", "delete")])
-    func peerOtherPrograms(program: String, how: String) async throws {
-        let k = how == "nic" ? losses.map { min($0, 3) } ?? 1 : losses ?? 1
-        let n: Int
+    /// How many iterations keep `program` running through `k` losses across two guests (the
+    /// program is stalled while its shim recovers; these count the time between losses).
+    private func iterations(_ program: String, losses k: Int) -> Int {
         switch program {
-        case "ib_write_lat": n = losses == nil ? 8_000 : 100_000
-        case "ibv_ud_pingpong": n = 3000 + 2000 * k
-        default: n = 20_000 + 10_000 * k   // ibv_srq_pingpong: an iteration per message over 16 QPs
-        }
-        let lines = try await twoGuest(program, iterations: n, losses: k, how: how,
-                                       seconds: program == "ib_write_lat" && losses != nil ? 1200 : 300)
-        if how == "planned" {
-            #expect(lines.contains { $0.text.contains("the peer announced a planned detach") }, "the server was not told of the planned detach")
+        case "ib_write_lat": return 4_000 + 4_000 * k       // ≈5 ms an iteration under the guest script's load
+        case "ibv_ud_pingpong": return 3_000 + 2_000 * k    // ≈9 ms
+        case "ibv_srq_pingpong": return 20_000 + 10_000 * k // an iteration per message over its 16 QPs
+        default: return 1_500 + 1_500 * k                   // ibv_rc_pingpong, ≈4.4 ms
         }
     }
 
-    @Test("peer protocol: ibv_rc_pingpong across two guests while the client guest's NIC is replaced (new MAC)",
-          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
-    func peerRCNICReplace() async throws {
-        _ = try await twoGuestRC(losses: losses.map { min($0, 3) } ?? 1, how: "nic")
-    }
-
-    @Test("peer protocol: planned — `stableverbs detach`, device deleted and re-added, `stableverbs attach` in the client guest",
-          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
-    func peerRCPlanned() async throws {
-        let lines = try await twoGuestRC(losses: losses ?? 1, how: "planned")
-        #expect(lines.contains { $0.text.contains("the peer announced a planned detach") }, "the server was not told of the planned detach")
+    /// Every program of the issue across two guests through every way of losing the client guest's
+    /// device: rdma link delete/add, a NIC hot-unplugged and a new one (new MAC) plugged in, and the
+    /// planned path (`stableverbs detach` … `stableverbs attach`). CI: one run per program, its
+    /// three losses one of each way in turn. `PEER_LOSSES=K`: the issue's full counts, a run per way
+    /// (K deletions, min(K, 3) NIC swaps, K planned moves; ib_write_lat -n 100000).
+    /// ib_write_lat (perftest: ibv_wr_* posts, inline data) RDMA-writes into the other side's buffer
+    /// and spins on its own memory for the peer's write: a write lost with the device hangs both.
+    /// ibv_srq_pingpong runs 16 connections on one SRQ. Under ibv_ud_pingpong the moved shim must
+    /// tell the peer host's shims where its UD QPs are now before it replays its sends.
+    @Test("peer protocol: every program across two guests through a device deletion, a NIC swap and the planned path",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)),
+          arguments: ["ibv_rc_pingpong", "ib_write_lat", "ibv_ud_pingpong", "ibv_srq_pingpong"])
+    func peerEveryWay(program: String) async throws {
+        let runs: [(how: String, losses: Int)] = losses.map { k in [("delete", k), ("nic", min(k, 3)), ("planned", k)] }
+            ?? [("delete,nic,planned", 3)]
+        for (how, k) in runs {
+            let n = program == "ib_write_lat" && losses != nil ? 100_000 : iterations(program, losses: k)
+            let lines = try await twoGuest(program, iterations: n, losses: k, how: how,
+                                           seconds: program == "ib_write_lat" && losses != nil ? 1200 : 300)
+            if how.contains("planned") {
+                #expect(lines.contains { $0.text.contains("the peer announced a planned detach") },
+                        "\(program), \(how): the server was not told of the planned detach")
+            }
+            if program == "ibv_ud_pingpong" && how != "planned" {
+                #expect(lines.contains { $0.text.contains("UD QPs on ") && $0.text.contains(" moved: ") },
+                        "\(program), \(how): the server's shim was not told where the client's UD QP went")
+            }
+            let ways = lines.filter { $0.text.hasPrefix("peer-recovery: loss ") }.map(\.text)
+            #expect(ways.count == k, "\(program), \(how): \(ways)")
+        }
     }
 
     @Test("peer protocol: both ends in one guest move at once (ibv_rc_pingpong, ibv_srq_pingpong)",

@@ -10,7 +10,7 @@
  * once, in order); each B's counter ends at its pair's number of messages. No completion may
  * carry an error; the virtual QPNs, keys and fd numbers must not change.
  *
- *   recovery -m MODE [-n bursts] [-k recoveries] [-q pairs] [-x extra-bursts] [-t] [-w]
+ *   recovery -m MODE [-n bursts] [-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w]
  *
  *   planned     stableverbs_detach(NULL) with work in flight; B posts and polls while released
  *               (buffered posts, completions kept from the released CQs); stableverbs_attach()
@@ -29,6 +29,10 @@
  *
  * The first five modes make -k recoveries spread over -n bursts (default 12 and 3) and need the
  * software HCA (STABLEVERBS_LOWER=softhca) except planned.
+ *
+ * -M N registers N more memory regions (4 KiB each) on A's protection domain, so a recovery
+ * rebuilds N + 2 × pairs of them; the first N RDMA WRITEs of every burst gather their bytes from
+ * them, in an order that turns with every burst (their lkeys must still work after every rebuild).
  *
  * -w posts A's work with the ibv_wr_* API (QPs from ibv_create_qp_ex; the SENDs as inline data),
  * as perftest does, instead of ibv_post_send.
@@ -65,7 +69,7 @@
 #define B_COUNTER_OFF 16384   /* B: the FETCH_AND_ADD counter */
 #define B_PONG_OFF 20480      /* B: pong send */
 #define BUF_SIZE 24576
-#define MAX_PAIRS 1024
+#define MAX_PAIRS 2048
 #define POLL_BATCH 64
 
 struct msg {
@@ -102,6 +106,10 @@ static int npairs = 1;
 static int poll_seconds;
 static volatile sig_atomic_t want_detach, want_attach;
 static int detached, tolerate, wr_api;
+static int nmrs;            /* -M: extra memory regions on A's PD */
+static struct ibv_mr **xmrs;
+static uint8_t *xbuf;
+#define XMR_SIZE 4096
 
 static void *need(const char *name)
 {
@@ -266,16 +274,22 @@ static struct pair *find_pair(uint32_t qpn, int side_b)
 }
 
 /* A's posts: ibv_post_send, or the ibv_wr_* API (-w; SENDs then carry their bytes inline). */
-static void post_send(struct tp_end *e, enum tp_op op, uint64_t wr_id, void *addr, uint32_t len, int signaled,
-		      uint64_t raddr, uint32_t rkey)
+static void post_send_lkey(struct tp_end *e, enum tp_op op, uint64_t wr_id, void *addr, uint32_t lkey, uint32_t len,
+			   int signaled, uint64_t raddr, uint32_t rkey)
 {
 	int ex = wr_api && e->qpx; /* B's QPs stay legacy */
-	struct ibv_sge sge = {.addr = (uintptr_t)addr, .length = len, .lkey = e->mr->lkey};
+	struct ibv_sge sge = {.addr = (uintptr_t)addr, .length = len, .lkey = lkey};
 	struct tp_wr w = {.op = op, .wr_id = wr_id, .unsignaled = !signaled, .sg = &sge, .num_sge = 1,
 			  .raddr = raddr, .rkey = rkey, .compare_add = op == TP_FAA ? 1 : 0,
 			  .inline_data = ex && op == TP_SEND};
 	int rc = tp_post(e, &w, ex);
 	TP_CHECK(rc == 0, "posting %s failed: %s", tp_op_name(op), strerror(rc));
+}
+
+static void post_send(struct tp_end *e, enum tp_op op, uint64_t wr_id, void *addr, uint32_t len, int signaled,
+		      uint64_t raddr, uint32_t rkey)
+{
+	post_send_lkey(e, op, wr_id, addr, e->mr->lkey, len, signaled, raddr, rkey);
 }
 
 static void b_post_recv(struct pair *p, int count)
@@ -291,7 +305,7 @@ int main(int argc, char **argv)
 {
 	int bursts = 12, recoveries = 3, extra = 3, opt;
 	enum mode mode = PLANNED;
-	while ((opt = getopt(argc, argv, "m:n:k:q:x:tw")) != -1) {
+	while ((opt = getopt(argc, argv, "m:n:k:q:M:x:tw")) != -1) {
 		switch (opt) {
 		case 'm':
 			mode = (enum mode)-1;
@@ -303,16 +317,18 @@ int main(int argc, char **argv)
 		case 'n': bursts = atoi(optarg); break;
 		case 'k': recoveries = atoi(optarg); break;
 		case 'q': npairs = atoi(optarg); break;
+		case 'M': nmrs = atoi(optarg); break;
 		case 'x': extra = atoi(optarg); break;
 		case 't': tolerate = 1; break;
 		case 'w': wr_api = 1; break;
 		default:
 			fprintf(stderr, "usage: recovery -m planned|fatal|rxe|rename|failrebuild|external [-n bursts] "
-					"[-k recoveries] [-q pairs] [-x extra-bursts] [-t] [-w]\n");
+					"[-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w]\n");
 			return 2;
 		}
 	}
 	TP_CHECK(npairs >= 1 && npairs <= MAX_PAIRS, "-q %d: 1 to %d QP pairs", npairs, MAX_PAIRS);
+	TP_CHECK(nmrs >= 0 && nmrs <= 100000, "-M %d: 0 to 100000 memory regions", nmrs);
 	tp_start("recovery", mode == EXTERNAL ? 900 : 90);
 	poll_seconds = tp_env_int("SVTEST_POLL_SECONDS", mode == EXTERNAL ? 120 : 10);
 	sv_detach = need("stableverbs_detach");
@@ -343,6 +359,15 @@ int main(int argc, char **argv)
 	TP_CHECK(a_scq && a_rcq && b_scq && b_rcq, "ibv_create_cq failed: %s", strerror(errno));
 	pairs = calloc((size_t)npairs, sizeof(*pairs));
 	TP_CHECK(pairs, "out of memory");
+	if (nmrs > 0) {
+		xmrs = calloc((size_t)nmrs, sizeof(*xmrs));
+		xbuf = aligned_alloc(XMR_SIZE, (size_t)nmrs * XMR_SIZE);
+		TP_CHECK(xmrs && xbuf, "out of memory");
+		for (int i = 0; i < nmrs; i++) {
+			xmrs[i] = ibv_reg_mr(da.pd, xbuf + (size_t)i * XMR_SIZE, XMR_SIZE, IBV_ACCESS_LOCAL_WRITE);
+			TP_CHECK(xmrs[i], "ibv_reg_mr (%d of -M %d) failed: %s", i + 1, nmrs, strerror(errno));
+		}
+	}
 	struct tp_qp_opts oa = {.type = IBV_QPT_RC, .max_send_wr = 64, .max_recv_wr = 16, .scq = a_scq, .rcq = a_rcq,
 				.buf_size = BUF_SIZE, .ex = wr_api, .max_inline = wr_api ? SLOT : 0};
 	struct tp_qp_opts ob = {.type = IBV_QPT_RC, .max_send_wr = 16, .max_recv_wr = 16, .scq = b_scq, .rcq = b_rcq,
@@ -367,8 +392,9 @@ int main(int argc, char **argv)
 	TP_CHECK(sv_qp_identity(pairs[0].a.qp, &v, &real_a0) == 0, "stableverbs_qp_identity failed");
 	char name0[64];
 	TP_CHECK(sv_real_name(da.ctx, name0, sizeof(name0)) == 0, "stableverbs_real_device_name failed");
-	printf("recovery: ready, %s%s, %d QP pair(s) on %s%s%s, pid %d\n", mode_names[mode], wr_api ? " (ibv_wr_*)" : "", npairs, da.name,
-	       db != &da ? " and " : "", db != &da ? db->name : "", (int)getpid());
+	printf("recovery: ready, %s%s, %d QP pair(s), %d more MR(s) on %s%s%s, pid %d\n", mode_names[mode],
+	       wr_api ? " (ibv_wr_*)" : "", npairs, nmrs, da.name, db != &da ? " and " : "", db != &da ? db->name : "",
+	       (int)getpid());
 	if (mode == EXTERNAL) {
 		/* Where the `stableverbs` command reaches this process (include/stableverbs.h). */
 		__typeof__(&stableverbs_control_path) control_path = need("stableverbs_control_path");
@@ -403,9 +429,17 @@ int main(int argc, char **argv)
 				m->len = sizeof(m->data);
 				tp_fill(m->data, sizeof(m->data), seq ^ (uint32_t)i << 20);
 				m->sum = checksum(m->data, sizeof(m->data));
-				/* The WRITE carries the same bytes into B's slot j. */
-				post_send(&p->a, TP_WRITE, (uint64_t)seq << 8 | 1, m->data, sizeof(m->data), 0,
-					  (uintptr_t)(p->b.buf + B_WRITE_OFF + j * SLOT), p->b.mr->rkey);
+				/* The WRITE carries the same bytes into B's slot j (-M: gathered from the extra MRs in turn). */
+				void *src = m->data;
+				uint32_t lkey = p->a.mr->lkey;
+				if (i * BURST + j < nmrs) { /* a slot per WRITE of the burst: replays re-read it */
+					int x = (i * BURST + j + it) % nmrs;
+					src = xbuf + (size_t)x * XMR_SIZE;
+					memcpy(src, m->data, sizeof(m->data));
+					lkey = xmrs[x]->lkey;
+				}
+				post_send_lkey(&p->a, TP_WRITE, (uint64_t)seq << 8 | 1, src, lkey, sizeof(m->data), 0,
+					       (uintptr_t)(p->b.buf + B_WRITE_OFF + j * SLOT), p->b.mr->rkey);
 				post_send(&p->a, TP_FAA, (uint64_t)seq << 8 | 2,
 					  p->a.buf + A_FAA_OFF + j * 8, 8, 1, (uintptr_t)(p->b.buf + B_COUNTER_OFF),
 					  p->b.mr->rkey);

@@ -96,6 +96,19 @@ struct RecoveryTests {
         if let b = out.line(startingWith: "recovery: blackout median") { print("\(mode), 16 pairs: \(b)") }
     }
 
+    /// 1 000 QPs (500 pairs) and 1 000 more memory regions: every WRITE of the first 1 000 per burst
+    /// gathers from one of the extra MRs, so their lkeys must work after every rebuild.
+    @Test("1 000 QPs and 1 000 more MRs recover together", arguments: ["planned", "fatal", "rxe"])
+    func thousandQPs(mode: String) throws {
+        let out = try Harness.runProgram("recovery", ["-m", mode, "-q", "500", "-M", "1000"], setup: .ethOneDevice,
+                                         extraEnvironment: recoveryEnvironment)
+        #expect(out.status == 0 && !out.timedOut, "\(mode): \(out)")
+        #expect(out.line(startingWith: "recovery: ready, \(mode), 500 QP pair(s), 1000 more MR(s)") != nil, "\(out)")
+        #expect(out.line(startingWith: "recovery: \(mode), 24000 messages, 3 recoveries, 1 devices, 0 errors") != nil, "\(out)")
+        #expect(recoveryLines(out).count == 3, "\(out)")
+        if let b = out.line(startingWith: "recovery: blackout median") { print("\(mode), 500 pairs, 1000 more MRs: \(b)") }
+    }
+
     /// A real call failing during the rebuild (create_qp → EIO) is rolled back and retried.
     @Test("a real call failing during the rebuild is retried", arguments: [Setup.ibOneDevice, .ethTwoDevices])
     func failingRebuild(setup: Setup) throws {

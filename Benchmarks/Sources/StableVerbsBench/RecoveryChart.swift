@@ -2,13 +2,19 @@ import Foundation
 
 /// recovery.png: the median of each phase and of the blackout against the number of QP pairs
 /// (both axes logarithmic), one panel per setup (software HCA, lab) and kind (planned, unplanned).
+/// The MR sweep's rows (one pair, many more MRs) are in the table only.
 enum RecoveryChart {
     /// A row of recovery.json: the medians of one case, ms (its outage is not drawn).
     struct Row: Codable, Sendable {
         let setup: String
         let kind: String
         let pairs: Int
+        /// Memory regions in all (absent in results written before the MR sweep).
+        let mrs: Int?
         let recoveries: Int
+
+        /// A row of the QP sweep: every pair's two MRs and no more.
+        var ofPairSweep: Bool { mrs.map { $0 == 2 * pairs } ?? true }
         let quiesceMs: Double
         let releaseMs: Double
         let deviceWaitMs: Double
@@ -32,22 +38,23 @@ enum RecoveryChart {
     static let setupNames = ["softhca": "software HCA", "rxe-lab": "rxe0 in the QEMU lab (TCG)"]
 
     static func script(_ file: ResultsFile<Row>, png: URL) -> GnuplotScript? {
-        let setups = file.results.map(\.setup).uniqued(), kinds = file.results.map(\.kind).uniqued()
-        guard !file.results.isEmpty else { return nil }
+        let results = file.results.filter(\.ofPairSweep)
+        let setups = results.map(\.setup).uniqued(), kinds = results.map(\.kind).uniqued()
+        guard !results.isEmpty else { return nil }
         var script = GnuplotScript(png: png, width: 760 * kinds.count, height: 80 + 480 * setups.count)
         script.page(.recovery, meta: file.meta, layout: (setups.count, kinds.count))
         script.add("""
             set logscale xy
             set xlabel "QP pairs (2 RC QPs each)"
             set ylabel "median, ms"
-            set xtics (\(file.results.map(\.pairs).uniqued().sorted().map(String.init).joined(separator: ", ")))
+            set xtics (\(results.map(\.pairs).uniqued().sorted().map(String.init).joined(separator: ", ")))
             set offsets graph 0.05, graph 0.05, graph 0.05, graph 0.05
             set key outside right top font ",9"
             set grid xtics ytics
             """)
         for setup in setups {
             for kind in kinds {
-                let rows = file.results.filter { $0.setup == setup && $0.kind == kind }.sorted { $0.pairs < $1.pairs }
+                let rows = results.filter { $0.setup == setup && $0.kind == kind }.sorted { $0.pairs < $1.pairs }
                 guard !rows.isEmpty else {
                     script.add("set multiplot next")
                     continue

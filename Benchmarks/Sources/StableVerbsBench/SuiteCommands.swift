@@ -51,7 +51,7 @@ struct FastPathCommand: AsyncParsableCommand {
 struct RecoveryCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "recovery",
-        abstract: "Suite 3: recovery phases and blackout vs QP pairs on the software HCA; with --lab also on rxe0 in the lab."
+        abstract: "Suite 3: recovery phases and blackout vs QP pairs and MRs on the software HCA; with --lab also on rxe0 in the lab."
     )
     @OptionGroup var options: RunOptions
     @Flag(help: "Also recover rxe0 in a QEMU guest (minutes).")

@@ -524,10 +524,19 @@ extension Runtime {
             recovery.bufferedFrom[UInt(bitPattern: r)] ?? sv_ring_tail(r)
         }
         let marks: [Mark] = withControlLock {
-            group.flatMap { c in
+            // Each peer context's QPs by virtual QPN, built once (thousands of QPs: no linear search per QP).
+            var byQPN: [ObjectIdentifier: [UInt32: QPRecord]] = [:]
+            func qp(_ c: ContextRecord, _ qpn: UInt32) -> QPRecord? {
+                let id = ObjectIdentifier(c)
+                if byQPN[id] == nil {
+                    byQPN[id] = Dictionary(c.qps.values.map { ($0.virtualQPN, $0) }, uniquingKeysWith: { a, _ in a })
+                }
+                return byQPN[id]![qpn]
+            }
+            return group.flatMap { c in
                 c.qps.values.compactMap { q -> Mark? in
                     guard let r = q.ptr.pointee.send_ring else { return nil }
-                    let peer = q.isConnected ? q.peerContext?.qps.values.first { $0.virtualQPN == q.lastDestQPN } : nil
+                    let peer = q.isConnected ? q.peerContext.flatMap { pc in q.lastDestQPN.flatMap { qp(pc, $0) } } : nil
                     let pr = peer?.ptr.pointee.recv_ring
                     return Mark(ring: r, end: handed(r), peerRecv: pr, peerEnd: pr.map(handed) ?? 0)
                 }

@@ -10,10 +10,14 @@
 #              go away LOSSES times while it runs
 #     both     server and client in this guest (both ends move at once)
 #     HOW      delete (rdma link delete/add), nic (hot-unplug the NIC, plug a new one, new MAC), or
-#              planned (`stableverbs detach`, the device deleted and re-added, `stableverbs attach`)
+#              planned (`stableverbs detach`, the device deleted and re-added, `stableverbs attach`);
+#              a comma-separated list takes its ways in turn, one per loss (delete,nic,planned)
 # Prints PEER-RESULT side=… rc=… iters=… recoveries=… and the programs' output.
 set -u
 ROLE=$1 PROG=$2 N=$3 LOSSES=$4 HOW=${5:-delete}
+for w in $(echo "$HOW" | tr ',' ' '); do
+  case "$w" in delete|nic|planned) ;; *) echo "peer-recovery: unknown way $w (delete, nic, planned)" >&2; exit 2 ;; esac
+done
 export STABLEVERBS_LOG=${STABLEVERBS_LOG:-info}
 PORT=18750
 OUT=${TMPDIR:-/tmp}/peer-recovery.$$
@@ -59,6 +63,11 @@ introduced() {  # sides...: every side's shim has introduced its connection to t
   for side in "$@"; do grep -q "$pattern" "$OUT/$side.err" 2>/dev/null || return 1; done
 }
 
+way() {  # k: the way of the k-th loss (HOW's ways in turn)
+  n=$(echo "$HOW" | tr ',' '\n' | grep -c .)
+  echo "$HOW" | tr ',' '\n' | grep . | sed -n "$(( ($1 - 1) % n + 1 ))p"
+}
+
 lose() {  # sides -- pids: while the programs run, LOSSES times the device goes and comes back
   sides=
   while [ "$1" != -- ]; do sides="$sides $1"; shift; done
@@ -74,11 +83,12 @@ lose() {  # sides -- pids: while the programs run, LOSSES times the device goes 
     sleep 1
     alive "$@" || break
     k=$((k+1))
-    echo "peer-recovery: loss $k ($HOW)"
-    case "$HOW" in
+    how=$(way $k)
+    echo "peer-recovery: loss $k ($how)"
+    case "$how" in
       nic) lab-device nic-replace ;;
       planned) stableverbs detach && lab-device delete && sleep 0.3 && lab-device add && stableverbs attach ;;
-      *) lab-device delete; sleep 0.3; lab-device add ;;
+      delete) lab-device delete; sleep 0.3; lab-device add ;;
     esac
     sleep 1
   done
