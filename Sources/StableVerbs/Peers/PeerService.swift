@@ -97,7 +97,14 @@ extension Runtime {
         var one: Int32 = 1
         _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         let deadline = monotonicNS() &+ 2_000_000_000
-        guard let bytes = PeerSocket.readAll(fd, deadline), let d = PeerMessage.decode(bytes) else { return }
+        guard let bytes = PeerSocket.readAll(fd, deadline) else { return }
+        if let parts = PeerBatch.decode(bytes) {
+            // Only `moved` claims come in batches; anything else in one is refused part by part.
+            let decoded = parts.map { PeerMessage.decode($0) ?? (PeerMessage("error"), [], nil) }
+            _ = PeerSocket.writeAll(fd, PeerBatch.encode(answerMoved(decoded)), deadline)
+            return
+        }
+        guard let d = PeerMessage.decode(bytes) else { return }
         let reply: [UInt8]
         switch d.message.verb {
         case "hello":

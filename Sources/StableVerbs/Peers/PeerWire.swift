@@ -12,6 +12,9 @@ import CVerbs
 import Crypto
 import Glibc
 
+/// A message as decoded: its fields, the bytes its MAC covers, the MAC.
+typealias DecodedPeerMessage = (message: PeerMessage, signed: [UInt8], mac: String?)
+
 struct PeerMessage {
     static let magic = "stableverbs-peer 1"
     var verb: String
@@ -45,7 +48,7 @@ struct PeerMessage {
     }
 
     /// Parses a message. The `mac` line, when present, is returned with the bytes it covers.
-    static func decode(_ bytes: [UInt8]) -> (message: PeerMessage, signed: [UInt8], mac: String?)? {
+    static func decode(_ bytes: [UInt8]) -> DecodedPeerMessage? {
         guard let text = String(validating: bytes, as: UTF8.self) else { return nil }
         var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         if lines.last == "" { lines.removeLast() }
@@ -71,9 +74,41 @@ struct PeerMessage {
     }
 
     /// Whether `decoded` carries a valid MAC under `key` (constant-time comparison).
-    static func verify(_ decoded: (message: PeerMessage, signed: [UInt8], mac: String?), key: [UInt8]) -> Bool {
+    static func verify(_ decoded: DecodedPeerMessage, key: [UInt8]) -> Bool {
         guard let mac = decoded.mac, let given = bytesFromHex(mac), !key.isEmpty else { return false }
         return HMAC<SHA256>.isValidAuthenticationCode(given, authenticating: decoded.signed, using: SymmetricKey(data: key))
+    }
+}
+
+/// Several messages in one exchange (a mover reconnecting many links to one peer process):
+///
+///     stableverbs-peer 1 batch\n
+///     part=<length>\n<the part's bytes: a whole message, signed with its own link's key>  ...
+///
+/// The reply is a batch too, one part per request part, in order.
+enum PeerBatch {
+    static let header = Array("\(PeerMessage.magic) batch\n".utf8)
+
+    static func encode(_ parts: [[UInt8]]) -> [UInt8] {
+        var out = header
+        for p in parts { out += Array("part=\(p.count)\n".utf8) + p }
+        return out
+    }
+
+    /// The parts of a batch; nil when `bytes` is not a well-formed batch.
+    static func decode(_ bytes: [UInt8]) -> [[UInt8]]? {
+        guard bytes.starts(with: header) else { return nil }
+        var parts: [[UInt8]] = []
+        var i = header.count
+        let prefix = Array("part=".utf8)
+        while i < bytes.count {
+            guard bytes[i...].starts(with: prefix), let nl = bytes[i...].firstIndex(of: UInt8(ascii: "\n")),
+                  let n = Int(String(decoding: bytes[(i + prefix.count)..<nl], as: UTF8.self)),
+                  n >= 0, n <= bytes.count - nl - 1 else { return nil }
+            parts.append(Array(bytes[(nl + 1)..<(nl + 1 + n)]))
+            i = nl + 1 + n
+        }
+        return parts
     }
 }
 

@@ -224,77 +224,110 @@ extension Runtime {
     // MARK: - The responder
 
     /// A peer says its end of one of our links moved (service thread).
-    func answerMoved(_ d: (message: PeerMessage, signed: [UInt8], mac: String?)) -> [UInt8] {
-        let m = d.message
-        guard let toQPN = m.number("to_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
-              let fromQPN = m.number("from_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
-              let toGID = m["to_gid"].flatMap(gidFromHex), let peer = PeerEndpoint(m) else {
-            return PeerMessage("error").encoded(key: nil)
-        }
+    func answerMoved(_ d: DecodedPeerMessage) -> [UInt8] { answerMoved([d])[0] }
+
+    /// A peer says its ends of several of our links moved (service thread; a `batch` from one
+    /// mover, or one `moved`). Each claim is checked on its own (its link's key); the contexts of the
+    /// links that were live are held once for all of them (one grace, one drain), every link is
+    /// reset and brought to RTS towards its new end, then what the resets dropped and what was
+    /// buffered is re-posted and the contexts go LIVE again. One reply per request, in order.
+    func answerMoved(_ requests: [DecodedPeerMessage]) -> [[UInt8]] {
         let began = monotonicNS()
         enum Mode { case busy, collide, denied, live, recovering }
-        let (link, mode): (PeerLink?, Mode) = withControlLock {
-            guard let q = localQP(qpn: toQPN, gid: toGID), let link = peers.links[key(q.ptr)],
-                  link.remoteQPN == fromQPN, PeerMessage.verify(d, key: link.key) else {
-                return (nil, .denied)
-            }
-            let c = q.context
-            let st = sv_ctx_state(c.ptr)
-            if c.released || c.peerHold { return (link, .busy) }
-            if st == SV_CTX_RECONNECTING.rawValue && link.state == .awaiting {
-                return (link, link.introducer ? .collide : .recovering)
-            }
-            guard st == SV_CTX_LIVE.rawValue, link.state == .ready else { return (link, .busy) }
-            // Hold the context: posts are buffered from here on, polls take the cold path.
-            c.peerHold = true
-            c.holdMarks = ringMarks(c)
-            recovery.polledSince.removeAll()
-            sv_ctx_set_state(c.ptr, SV_CTX_QUIESCING.rawValue)
-            return (link, .live)
+        struct Claim {
+            var link: PeerLink?
+            var mode: Mode
+            var peer: PeerEndpoint?
         }
-        guard let link else {
-            Log.warn("peer: a `moved` claim for QP \(hex(toQPN)) was refused (unknown link or bad authentication)")
-            return PeerMessage("denied").encoded(key: nil)
-        }
-        switch mode {
-        case .denied: return PeerMessage("denied").encoded(key: nil)
-        case .busy: return PeerMessage("busy").encoded(key: link.key)
-        case .collide: return PeerMessage("collide").encoded(key: link.key)
-        case .live, .recovering: break
-        }
-        if mode == .live { waitForStragglers([link.qp.context]) }
-        return withControlLock {
-            let q = link.qp
-            let c = q.context
-            if mode == .live { drainCQs(c) }
-            let rqPSN = UInt32.random(in: 0...0xFFFFFF)
-            let rc = connect(link, to: peer, rqPSN: rqPSN, fromRTR: mode == .recovering)
-            var reply = PeerMessage(rc == 0 ? "reconnected" : "busy")
-            if rc == 0 {
-                describeEnd(link, psn: rqPSN, into: &reply)
-                applyCounts(link, peer: peer)
-                link.state = .ready
-                link.suspectSince = nil
-            }
-            if mode == .live {
-                // Our side never lost its hardware: re-post what the reset dropped on this QP and
-                // what was buffered on the others, then LIVE.
-                var n: UInt64 = 0
-                if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring {
-                    n &+= replayRecv(r, UnsafeMutableRawPointer(q.ptr), isSRQ: false)
+        // Which links the claims name, and the contexts this answer holds (the links' that are live).
+        let (claims, held): ([Claim], [ContextRecord]) = withControlLock {
+            var held: [ContextRecord] = []
+            let claims = requests.map { d -> Claim in
+                let m = d.message
+                guard m.verb == "moved", let toQPN = m.number("to_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
+                      let fromQPN = m.number("from_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
+                      let toGID = m["to_gid"].flatMap(gidFromHex), let peer = PeerEndpoint(m) else {
+                    return Claim(link: nil, mode: .denied, peer: nil)
                 }
-                if let r = q.ptr.pointee.send_ring { n &+= replaySend(r, q.ptr) }
-                n &+= replayBuffered(c, marks: c.holdMarks, except: q)
+                guard let q = localQP(qpn: toQPN, gid: toGID), let link = peers.links[key(q.ptr)],
+                      link.remoteQPN == fromQPN, PeerMessage.verify(d, key: link.key) else {
+                    Log.warn("peer: a `moved` claim for QP \(hex(toQPN)) was refused (unknown link or bad authentication)")
+                    return Claim(link: nil, mode: .denied, peer: nil)
+                }
+                let c = q.context
+                if held.contains(where: { $0 === c }) {
+                    return Claim(link: link, mode: link.state == .ready ? .live : .busy, peer: peer)
+                }
+                let st = sv_ctx_state(c.ptr)
+                if c.released || c.peerHold { return Claim(link: link, mode: .busy, peer: peer) }
+                if st == SV_CTX_RECONNECTING.rawValue && link.state == .awaiting {
+                    return Claim(link: link, mode: link.introducer ? .collide : .recovering, peer: peer)
+                }
+                guard st == SV_CTX_LIVE.rawValue, link.state == .ready else { return Claim(link: link, mode: .busy, peer: peer) }
+                // Hold the context: posts are buffered from here on, polls take the cold path.
+                c.peerHold = true
+                c.holdMarks = ringMarks(c)
+                recovery.polledSince.removeAll()
+                sv_ctx_set_state(c.ptr, SV_CTX_QUIESCING.rawValue)
+                held.append(c)
+                return Claim(link: link, mode: .live, peer: peer)
+            }
+            return (claims, held)
+        }
+        if !held.isEmpty { waitForStragglers(held) }
+        return withControlLock {
+            for c in held { drainCQs(c) }
+            var replies: [[UInt8]] = []
+            var reset: [QPRecord] = []   // live QPs reset towards their peer's new end
+            for claim in claims {
+                guard let link = claim.link, let peer = claim.peer else {
+                    replies.append(PeerMessage("denied").encoded(key: nil))
+                    continue
+                }
+                switch claim.mode {
+                case .denied: replies.append(PeerMessage("denied").encoded(key: nil)); continue
+                case .busy: replies.append(PeerMessage("busy").encoded(key: link.key)); continue
+                case .collide: replies.append(PeerMessage("collide").encoded(key: link.key)); continue
+                case .live, .recovering: break
+                }
+                let rqPSN = UInt32.random(in: 0...0xFFFFFF)
+                let rc = connect(link, to: peer, rqPSN: rqPSN, fromRTR: claim.mode == .recovering)
+                var reply = PeerMessage(rc == 0 ? "reconnected" : "busy")
+                if rc == 0 {
+                    describeEnd(link, psn: rqPSN, into: &reply)
+                    applyCounts(link, peer: peer)
+                    link.state = .ready
+                    link.suspectSince = nil
+                    if claim.mode == .live {
+                        reset.append(link.qp)
+                    } else {
+                        Log.info("peer: \(link.label): reconnected (both ends moved)")
+                    }
+                }
+                replies.append(reply.encoded(key: link.key))
+            }
+            // The held contexts never lost their hardware: re-post what the resets dropped on the
+            // reconnected QPs and what was buffered on the others, then LIVE.
+            for c in held {
+                var n: UInt64 = 0
+                let mine = reset.filter { $0.context === c }
+                for q in mine {
+                    if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring {
+                        n &+= replayRecv(r, UnsafeMutableRawPointer(q.ptr), isSRQ: false)
+                    }
+                    if let r = q.ptr.pointee.send_ring { n &+= replaySend(r, q.ptr) }
+                }
+                n &+= replayBuffered(c, marks: c.holdMarks, except: mine)
                 for k in c.holdMarks.keys { recovery.bufferedFrom[k] = nil }  // posts buffered by the hold went out
                 c.holdMarks = [:]
                 c.peerHold = false
                 sv_ctx_set_state(c.ptr, SV_CTX_LIVE.rawValue)
                 bumpRecoveryEpoch()
-                Log.info("peer: \(link.label): reconnected to the peer's new end (real QPN \(hex(peer.qpn))) in \(ms(monotonicNS() &- began)), \(n) work request(s) re-posted")
-            } else {
-                Log.info("peer: \(link.label): reconnected (both ends moved)")
+                let labels = mine.compactMap { peers.links[key($0.ptr)]?.label }
+                Log.info("peer: \(labels.count == 1 ? labels[0] : "\(labels.count) links"): reconnected to the peer's new end"
+                         + " in \(ms(monotonicNS() &- began)), \(n) work request(s) re-posted")
             }
-            return reply.encoded(key: link.key)
+            return replies
         }
     }
 
@@ -310,19 +343,19 @@ extension Runtime {
     }
 
     /// Posts what was buffered on `c`'s queues (beyond their marks) while it was held.
-    private func replayBuffered(_ c: ContextRecord, marks: [UInt: UInt64], except: QPRecord) -> UInt64 {
+    private func replayBuffered(_ c: ContextRecord, marks: [UInt: UInt64], except: [QPRecord]) -> UInt64 {
         var n: UInt64 = 0
         for s in c.nextOrder(c.srqs, { $0.sequence }) {
             if let r = s.ptr.pointee.recv_ring, let mark = marks[UInt(bitPattern: r)] {
                 n &+= replayRecv(r, UnsafeMutableRawPointer(s.ptr), isSRQ: true, from: mark)
             }
         }
-        for q in c.nextOrder(c.qps, { $0.sequence }) where q !== except {
+        for q in c.nextOrder(c.qps, { $0.sequence }) where !except.contains(where: { $0 === q }) {
             if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring, let mark = marks[UInt(bitPattern: r)] {
                 n &+= replayRecv(r, UnsafeMutableRawPointer(q.ptr), isSRQ: false, from: mark)
             }
         }
-        for q in c.nextOrder(c.qps, { $0.sequence }) where q !== except {
+        for q in c.nextOrder(c.qps, { $0.sequence }) where !except.contains(where: { $0 === q }) {
             if let r = q.ptr.pointee.send_ring, let mark = marks[UInt(bitPattern: r)] { n &+= replaySend(r, q.ptr, from: mark) }
         }
         return n
@@ -331,10 +364,12 @@ extension Runtime {
     // MARK: - The mover
 
     /// After a rebuild (recovery thread, no lock held): reconnects every link of the group's QPs
-    /// that waits in INIT. Returns when each is reconnected or given up on.
+    /// that waits in INIT. Returns when each is reconnected or given up on. The links to one peer
+    /// process (host and service port) go in one `batch` exchange, which that process answers
+    /// holding its context once for all of them.
     func reconnectLinks(_ group: [ContextRecord]) {
         let links: [PeerLink] = withControlLock {
-            group.flatMap { c in c.qps.values.compactMap { q in peers.links[key(q.ptr)].flatMap { $0.state == .awaiting ? $0 : nil } } }
+            group.flatMap { c in c.nextOrder(c.qps, { $0.sequence }).compactMap { q in peers.links[key(q.ptr)].flatMap { $0.state == .awaiting ? $0 : nil } } }
         }
         guard !links.isEmpty else { return }
         let start = monotonicNS()
@@ -344,10 +379,9 @@ extension Runtime {
         var attempts = 0
         while !pending.isEmpty {
             var next: [PeerLink] = []
-            for link in pending {
+            for batch in batchesByPeer(pending) {
                 attempts += 1
-                let outcome = reconnectOnce(link)
-                if outcome != "reconnected" && outcome != "done" {
+                for (link, outcome) in zip(batch, reconnectBatch(batch)) where outcome != "reconnected" && outcome != "done" {
                     Log.info("peer: \(link.label): reconnect attempt \(attempts): \(outcome) after \(ms(monotonicNS() &- start))")
                     next.append(link)
                 }
@@ -366,23 +400,62 @@ extension Runtime {
             usleep(delay)
             delay = min(delay * 2, 50_000)
         }
-        Log.info("peer: \(links.count) link(s) reconnected in \(ms(monotonicNS() &- start)) (\(attempts) attempt(s))")
+        Log.info("peer: \(links.count) link(s) reconnected in \(ms(monotonicNS() &- start)) (\(attempts) exchange(s))")
     }
 
-    /// One attempt: "reconnected" or "done" when the link no longer waits, else what happened.
-    private func reconnectOnce(_ link: PeerLink) -> String {
-        let prepared: (PeerMessage, [UInt8], PeerHost, UInt16, UInt32)? = withControlLock {
-            guard link.state == .awaiting, let host = link.host else { return nil }
-            let psn = UInt32.random(in: 0...0xFFFFFF)
-            var m = PeerMessage("moved")
-            describeEnd(link, psn: psn, into: &m)
-            return (m, link.key, host, link.servicePort, psn)
+    /// `links` grouped by the peer process that answers for them (host, service port), in order.
+    private func batchesByPeer(_ links: [PeerLink]) -> [[PeerLink]] {
+        struct Peer: Hashable { var host: PeerHost?; var port: UInt16 }
+        var order: [Peer] = [], groups: [Peer: [PeerLink]] = [:]
+        withControlLock {
+            for link in links {
+                let p = Peer(host: link.host, port: link.servicePort)
+                if groups[p] == nil { order.append(p) }
+                groups[p, default: []].append(link)
+            }
         }
-        guard let (request, key, host, port, psn) = prepared else { return "done" }
+        return order.map { groups[$0]! }
+    }
+
+    /// One exchange with the peer process of `batch` (one `moved` per link; several go as a
+    /// `batch`). Per link: "reconnected" or "done" when it no longer waits, else what happened.
+    private func reconnectBatch(_ batch: [PeerLink]) -> [String] {
+        let prepared: [(request: [UInt8], key: [UInt8], psn: UInt32)?] = withControlLock {
+            batch.map { link in
+                guard link.state == .awaiting, link.host != nil else { return nil }
+                let psn = UInt32.random(in: 0...0xFFFFFF)
+                var m = PeerMessage("moved")
+                describeEnd(link, psn: psn, into: &m)
+                return (m.encoded(key: link.key), link.key, psn)
+            }
+        }
+        let live = zip(batch, prepared).compactMap { link, p in p.map { (link, $0) } }
+        guard let first = live.first, let host = withControlLock({ first.0.host }) else { return batch.map { _ in "done" } }
+        let port = withControlLock { first.0.servicePort }
         let sent = monotonicNS()
-        guard let bytes = PeerSocket.exchange(host: host, port: port, request: request.encoded(key: key), timeoutMS: 1000),
-              let d = PeerMessage.decode(bytes) else { return "no answer from \(host) port \(port)" }
-        Log.info("peer: \(link.label): `moved` answered `\(d.message.verb)` in \(ms(monotonicNS() &- sent))")
+        let request = live.count == 1 ? first.1.request : PeerBatch.encode(live.map(\.1.request))
+        let bytes = PeerSocket.exchange(host: host, port: port, request: request, timeoutMS: 1000 + 100 * Int32(min(live.count, 100)))
+        var answers: [DecodedPeerMessage?]
+        if let bytes, live.count > 1 {
+            answers = (PeerBatch.decode(bytes) ?? []).map(PeerMessage.decode)
+            if answers.count != live.count { answers = live.map { _ in nil } }
+        } else {
+            answers = [bytes.flatMap(PeerMessage.decode)]
+        }
+        let took = ms(monotonicNS() &- sent)
+        if live.count > 1 { Log.info("peer: `moved` for \(live.count) links to \(host) port \(port) answered in \(took)") }
+        var outcomes: [UInt: String] = [:]
+        for ((link, p), d) in zip(live, answers) {
+            outcomes[key(link.qp.ptr)] = answered(link, d, psn: p.psn, key: p.key, noAnswer: "no answer from \(host) port \(port)",
+                                                 took: live.count == 1 ? took : nil)
+        }
+        return batch.map { outcomes[key($0.qp.ptr)] ?? "done" }
+    }
+
+    /// What a link's `moved` was answered (`d`), acted upon.
+    private func answered(_ link: PeerLink, _ d: DecodedPeerMessage?, psn: UInt32, key: [UInt8], noAnswer: String, took: String?) -> String {
+        guard let d else { return noAnswer }
+        if let took { Log.info("peer: \(link.label): `moved` answered `\(d.message.verb)` in \(took)") }
         guard PeerMessage.verify(d, key: key) else {
             Log.warn("peer: \(link.label): an unauthenticated answer (\(d.message.verb)) was ignored")
             return "unauthenticated answer"
@@ -438,7 +511,7 @@ extension Runtime {
     }
 
     /// A peer's planned detach (service thread).
-    func answerPausing(_ d: (message: PeerMessage, signed: [UInt8], mac: String?)) -> [UInt8] {
+    func answerPausing(_ d: DecodedPeerMessage) -> [UInt8] {
         let m = d.message
         guard let toQPN = m.number("to_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
               let fromQPN = m.number("from_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
