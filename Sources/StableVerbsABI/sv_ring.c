@@ -47,7 +47,103 @@ void sv_ring_destroy(struct sv_wr_ring *r)
 	free(r);
 }
 
+/* Inline data is kept after the SGEs (the application may reuse inline buffers at once); the
+ * entry's SGEs name the application's buffers (the replay points them at the kept bytes).
+ * Appends `length` bytes to the entry's kept inline data. */
+static inline void keep_inline(struct sv_wr_ring *r, struct sv_ring_entry *e, const void *addr, size_t length)
+{
+	unsigned char *dst = (unsigned char *)(sv_ring_sges(e) + r->max_sge);
+	if (length > 0)
+		memcpy(dst + e->inline_len, addr, length);
+	e->inline_len += (uint32_t)length;
+}
+
+/* The entry's work request gathers from one SGE. */
+static inline void one_sge(struct sv_ring_entry *e, uint32_t lkey, uint64_t addr, uint32_t length)
+{
+	struct ibv_sge *sg = sv_ring_sges(e);
+	sg->addr = addr;
+	sg->length = length;
+	sg->lkey = lkey;
+	e->wr.send.num_sge = 1;
+}
+
+__attribute__((noinline)) static uint64_t record_send_list(struct sv_wr_ring *r, const struct ibv_send_wr *wr);
+__attribute__((noinline)) static uint64_t record_recv_list(struct sv_wr_ring *r, const struct ibv_recv_wr *wr);
+
+/* The entry at the tail (the poster's) when the ring has room, else NULL. */
+static inline struct sv_ring_entry *next_free(struct sv_wr_ring *r, uint64_t *tail)
+{
+	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+	*tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	return *tail - head < r->capacity ? sv_ring_at(r, *tail) : NULL;
+}
+
+/* One send WR with at most one SGE (checked by the caller); `keep`: its bytes are inline data. */
+static inline uint64_t record_send_one(struct sv_wr_ring *r, const struct ibv_send_wr *wr, int keep)
+{
+	uint64_t tail;
+	struct sv_ring_entry *e = next_free(r, &tail);
+	if (!e)
+		return UINT64_MAX;
+	struct ibv_sge *sg = sv_ring_sges(e);
+	e->wr.send = *wr;
+	e->wr.send.next = NULL;
+	e->wr.send.sg_list = sg;
+	e->done = 0;
+	e->inline_len = 0;
+	if (wr->num_sge) {
+		*sg = *wr->sg_list;
+		if (keep) {
+			if (sg->length > r->max_inline)
+				return UINT64_MAX;
+			keep_inline(r, e, (const void *)(uintptr_t)sg->addr, sg->length);
+		}
+	}
+	e->msgno = r->msg_count;
+	r->msg_count += (uint64_t)sv_opcode_consumes(wr->opcode);
+	atomic_store_explicit(&r->tail, tail + 1, memory_order_release);
+	return tail;
+}
+
+/* The inline copy calls memcpy: apart, so that the common path saves no registers. */
+__attribute__((noinline)) static uint64_t record_send_one_inline(struct sv_wr_ring *r, const struct ibv_send_wr *wr)
+{
+	return record_send_one(r, wr, 1);
+}
+
+/* Record: the common case — one WR, at most one SGE — takes no loop (it is on every post); lists
+ * and several SGEs go the general way. */
 uint64_t sv_ring_record_send(struct sv_wr_ring *r, const struct ibv_send_wr *wr)
+{
+	if (wr->next || (uint32_t)wr->num_sge > 1 || (uint32_t)wr->num_sge > r->max_sge)
+		return record_send_list(r, wr);
+	if (wr->send_flags & IBV_SEND_INLINE)
+		return record_send_one_inline(r, wr);
+	return record_send_one(r, wr, 0);
+}
+
+uint64_t sv_ring_record_recv(struct sv_wr_ring *r, const struct ibv_recv_wr *wr)
+{
+	if (wr->next || wr->num_sge != 1 || r->max_sge < 1)
+		return record_recv_list(r, wr);
+	uint64_t tail;
+	struct sv_ring_entry *e = next_free(r, &tail);
+	if (!e)
+		return UINT64_MAX;
+	struct ibv_sge *sg = sv_ring_sges(e);
+	e->wr.recv.wr_id = wr->wr_id;
+	e->wr.recv.next = NULL;
+	e->wr.recv.sg_list = sg;
+	e->wr.recv.num_sge = 1;
+	*sg = *wr->sg_list;
+	e->done = 0;
+	e->inline_len = 0;
+	atomic_store_explicit(&r->tail, tail + 1, memory_order_release);
+	return tail;
+}
+
+static uint64_t record_send_list(struct sv_wr_ring *r, const struct ibv_send_wr *wr)
 {
 	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
@@ -70,18 +166,13 @@ uint64_t sv_ring_record_send(struct sv_wr_ring *r, const struct ibv_send_wr *wr)
 		if (n > 0)
 			memcpy(sg, w->sg_list, (size_t)n * sizeof(struct ibv_sge));
 		e->wr.send.sg_list = sg;
-		if ((w->send_flags & IBV_SEND_INLINE) && n > 0) {
-			/* The application may reuse inline buffers at once: keep the bytes. */
-			unsigned char *dst = (unsigned char *)(sg + r->max_sge);
-			uint32_t len = 0;
+		if (w->send_flags & IBV_SEND_INLINE) {
 			for (int k = 0; k < n; k++) {
 				uint32_t l = w->sg_list[k].length;
-				if (len + l > r->max_inline)
+				if (l > r->max_inline - e->inline_len)
 					return UINT64_MAX;
-				memcpy(dst + len, (const void *)(uintptr_t)w->sg_list[k].addr, l);
-				len += l;
+				keep_inline(r, e, (const void *)(uintptr_t)w->sg_list[k].addr, l);
 			}
-			e->inline_len = len;
 		}
 		t++;
 	}
@@ -90,7 +181,7 @@ uint64_t sv_ring_record_send(struct sv_wr_ring *r, const struct ibv_send_wr *wr)
 	return tail;
 }
 
-uint64_t sv_ring_record_recv(struct sv_wr_ring *r, const struct ibv_recv_wr *wr)
+static uint64_t record_recv_list(struct sv_wr_ring *r, const struct ibv_recv_wr *wr)
 {
 	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
@@ -212,11 +303,7 @@ void sv_ring_wr_sge(struct sv_wr_ring *r, uint32_t lkey, uint64_t addr, uint32_t
 	struct sv_ring_entry *e = r->wr_cur;
 	if (!e)
 		return;
-	struct ibv_sge *sg = sv_ring_sges(e);
-	sg->addr = addr;
-	sg->length = length;
-	sg->lkey = lkey;
-	e->wr.send.num_sge = 1;
+	one_sge(e, lkey, addr, length);
 }
 
 void sv_ring_wr_sge_list(struct sv_wr_ring *r, size_t n, const struct ibv_sge *list)
@@ -233,23 +320,9 @@ void sv_ring_wr_sge_list(struct sv_wr_ring *r, size_t n, const struct ibv_sge *l
 	e->wr.send.num_sge = (int)n;
 }
 
-/* Inline data is kept after the SGEs, as sv_ring_record_send keeps it; one SGE names the
- * application's buffer (the replay points it at the kept bytes). */
-static void keep_inline(struct sv_wr_ring *r, struct sv_ring_entry *e, const void *addr, size_t length)
-{
-	unsigned char *dst = (unsigned char *)(sv_ring_sges(e) + r->max_sge);
-	if (length > 0)
-		memcpy(dst + e->inline_len, addr, length);
-	e->inline_len += (uint32_t)length;
-}
-
 static void inline_entry(struct sv_ring_entry *e, uint64_t addr, uint32_t length)
 {
-	struct ibv_sge *sg = sv_ring_sges(e);
-	sg->addr = addr;
-	sg->length = length;
-	sg->lkey = 0;
-	e->wr.send.num_sge = 1;
+	one_sge(e, 0, addr, length);
 	e->wr.send.send_flags |= IBV_SEND_INLINE;
 }
 

@@ -10,7 +10,7 @@
  * once, in order); each B's counter ends at its pair's number of messages. No completion may
  * carry an error; the virtual QPNs, keys and fd numbers must not change.
  *
- *   recovery -m MODE [-n bursts] [-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w]
+ *   recovery -m MODE [-n bursts] [-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i]
  *
  *   planned     stableverbs_detach(NULL) with work in flight; B posts and polls while released
  *               (buffered posts, completions kept from the released CQs); stableverbs_attach()
@@ -33,6 +33,10 @@
  * -M N registers N more memory regions (4 KiB each) on A's protection domain, so a recovery
  * rebuilds N + 2 × pairs of them; the first N RDMA WRITEs of every burst gather their bytes from
  * them, in an order that turns with every burst (their lkeys must still work after every rebuild).
+ *
+ * -i posts A's SENDs (ibv_post_send) as inline data. With -i or -w a SEND's buffer is scribbled on
+ * as soon as it is posted (inline data is the application's again at once): a SEND replayed after
+ * a recovery must carry the bytes the shim kept. B's pongs are always inline and scribbled on.
  *
  * -w posts A's work with the ibv_wr_* API (QPs from ibv_create_qp_ex; the SENDs as inline data),
  * as perftest does, instead of ibv_post_send.
@@ -64,6 +68,7 @@
 #define A_SEND_OFF 0          /* A: message slots (BURST) */
 #define A_FAA_OFF 4096        /* A: FETCH_AND_ADD results (8 bytes per message in a burst) */
 #define A_PONG_OFF 8192       /* A: pong receive */
+#define A_WSRC_OFF 12288      /* A: the RDMA WRITEs' source (a copy of the message's bytes) */
 #define B_RECV_OFF 0          /* B: receive slots (2 * BURST) */
 #define B_WRITE_OFF 8192      /* B: RDMA WRITE slots (BURST) */
 #define B_COUNTER_OFF 16384   /* B: the FETCH_AND_ADD counter */
@@ -105,7 +110,7 @@ static struct pair *pairs;
 static int npairs = 1;
 static int poll_seconds;
 static volatile sig_atomic_t want_detach, want_attach;
-static int detached, tolerate, wr_api;
+static int detached, tolerate, wr_api, inline_sends;
 static int nmrs;            /* -M: extra memory regions on A's PD */
 static struct ibv_mr **xmrs;
 static uint8_t *xbuf;
@@ -281,7 +286,7 @@ static void post_send_lkey(struct tp_end *e, enum tp_op op, uint64_t wr_id, void
 	struct ibv_sge sge = {.addr = (uintptr_t)addr, .length = len, .lkey = lkey};
 	struct tp_wr w = {.op = op, .wr_id = wr_id, .unsignaled = !signaled, .sg = &sge, .num_sge = 1,
 			  .raddr = raddr, .rkey = rkey, .compare_add = op == TP_FAA ? 1 : 0,
-			  .inline_data = ex && op == TP_SEND};
+			  .inline_data = op == TP_SEND && (ex || inline_sends)};
 	int rc = tp_post(e, &w, ex);
 	TP_CHECK(rc == 0, "posting %s failed: %s", tp_op_name(op), strerror(rc));
 }
@@ -305,7 +310,7 @@ int main(int argc, char **argv)
 {
 	int bursts = 12, recoveries = 3, extra = 3, opt;
 	enum mode mode = PLANNED;
-	while ((opt = getopt(argc, argv, "m:n:k:q:M:x:tw")) != -1) {
+	while ((opt = getopt(argc, argv, "m:n:k:q:M:x:twi")) != -1) {
 		switch (opt) {
 		case 'm':
 			mode = (enum mode)-1;
@@ -321,9 +326,10 @@ int main(int argc, char **argv)
 		case 'x': extra = atoi(optarg); break;
 		case 't': tolerate = 1; break;
 		case 'w': wr_api = 1; break;
+		case 'i': inline_sends = 1; break;
 		default:
 			fprintf(stderr, "usage: recovery -m planned|fatal|rxe|rename|failrebuild|external [-n bursts] "
-					"[-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w]\n");
+					"[-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i]\n");
 			return 2;
 		}
 	}
@@ -369,9 +375,9 @@ int main(int argc, char **argv)
 		}
 	}
 	struct tp_qp_opts oa = {.type = IBV_QPT_RC, .max_send_wr = 64, .max_recv_wr = 16, .scq = a_scq, .rcq = a_rcq,
-				.buf_size = BUF_SIZE, .ex = wr_api, .max_inline = wr_api ? SLOT : 0};
+				.buf_size = BUF_SIZE, .ex = wr_api, .max_inline = wr_api || inline_sends ? SLOT : 0};
 	struct tp_qp_opts ob = {.type = IBV_QPT_RC, .max_send_wr = 16, .max_recv_wr = 16, .scq = b_scq, .rcq = b_rcq,
-				.buf_size = BUF_SIZE};
+				.buf_size = BUF_SIZE, .max_inline = SLOT};
 	for (int i = 0; i < npairs; i++) {
 		struct pair *p = &pairs[i];
 		tp_end_create(&p->a, &da, &oa);
@@ -392,8 +398,8 @@ int main(int argc, char **argv)
 	TP_CHECK(sv_qp_identity(pairs[0].a.qp, &v, &real_a0) == 0, "stableverbs_qp_identity failed");
 	char name0[64];
 	TP_CHECK(sv_real_name(da.ctx, name0, sizeof(name0)) == 0, "stableverbs_real_device_name failed");
-	printf("recovery: ready, %s%s, %d QP pair(s), %d more MR(s) on %s%s%s, pid %d\n", mode_names[mode],
-	       wr_api ? " (ibv_wr_*)" : "", npairs, nmrs, da.name, db != &da ? " and " : "", db != &da ? db->name : "",
+	printf("recovery: ready, %s%s%s, %d QP pair(s), %d more MR(s) on %s%s%s, pid %d\n", mode_names[mode],
+	       wr_api ? " (ibv_wr_*)" : "", inline_sends ? " (inline)" : "", npairs, nmrs, da.name, db != &da ? " and " : "", db != &da ? db->name : "",
 	       (int)getpid());
 	if (mode == EXTERNAL) {
 		/* Where the `stableverbs` command reaches this process (include/stableverbs.h). */
@@ -429,9 +435,11 @@ int main(int argc, char **argv)
 				m->len = sizeof(m->data);
 				tp_fill(m->data, sizeof(m->data), seq ^ (uint32_t)i << 20);
 				m->sum = checksum(m->data, sizeof(m->data));
-				/* The WRITE carries the same bytes into B's slot j (-M: gathered from the extra MRs in turn). */
-				void *src = m->data;
+				/* The WRITE carries the same bytes into B's slot j, from a copy (the SEND's buffer may be
+				 * scribbled on once posted; -M: gathered from the extra MRs in turn). */
+				void *src = p->a.buf + A_WSRC_OFF + j * SLOT;
 				uint32_t lkey = p->a.mr->lkey;
+				memcpy(src, m->data, sizeof(m->data));
 				if (i * BURST + j < nmrs) { /* a slot per WRITE of the burst: replays re-read it */
 					int x = (i * BURST + j + it) % nmrs;
 					src = xbuf + (size_t)x * XMR_SIZE;
@@ -444,6 +452,8 @@ int main(int argc, char **argv)
 					  p->a.buf + A_FAA_OFF + j * 8, 8, 1, (uintptr_t)(p->b.buf + B_COUNTER_OFF),
 					  p->b.mr->rkey);
 				post_send(&p->a, TP_SEND, (uint64_t)seq << 8 | 3, m, SLOT, 1, 0, 0);
+				if (wr_api || inline_sends)
+					memset(m, 0xEE, SLOT);  /* inline: the buffer is ours again */
 			}
 			p->got = p->faa = p->sends = 0;
 		}
@@ -567,7 +577,13 @@ int main(int argc, char **argv)
 		for (int i = 0; i < npairs; i++) {
 			struct msg *m = (struct msg *)(pairs[i].b.buf + B_PONG_OFF);
 			m->seq = pairs[i].expect_seq - 1;
-			post_send(&pairs[i].b, TP_SEND, 777, m, SLOT, 1, 0, 0);
+			/* Inline: the buffer is B's again at once (a pong buffered by a recovery must be
+			 * replayed from the bytes the shim kept, not from this buffer, scribbled on below). */
+			struct ibv_sge sge = {.addr = (uintptr_t)m, .length = SLOT, .lkey = pairs[i].b.mr->lkey};
+			struct tp_wr w = {.op = TP_SEND, .wr_id = 777, .sg = &sge, .num_sge = 1, .inline_data = 1};
+			int rc = tp_post(&pairs[i].b, &w, 0);
+			TP_CHECK(rc == 0, "posting B's pong failed: %s", strerror(rc));
+			m->seq = 0xdeadbeef;
 		}
 		for (int left = npairs; left > 0;)
 			left -= poll_some(b_scq, wc, "B's pongs");

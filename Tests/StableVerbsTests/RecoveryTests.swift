@@ -86,6 +86,15 @@ struct RecoveryTests {
         #expect(!out.stderr.contains("not recorded"), "\(out)")
     }
 
+    /// Inline SENDs through ibv_post_send, their buffers scribbled on as soon as posted: a SEND
+    /// replayed after a recovery carries the bytes the shim kept when it was posted.
+    @Test("inline SENDs are replayed from the bytes kept at the post", arguments: ["planned", "fatal", "rxe"])
+    func inlineSends(mode: String) throws {
+        let out = try Harness.runProgram("recovery", ["-m", mode, "-i"], setup: .ethOneDevice, extraEnvironment: recoveryEnvironment)
+        #expect(out.line(startingWith: "recovery: ready, \(mode) (inline)") != nil, "\(out)")
+        expectRecovered(out, mode: mode, devices: 1)
+    }
+
     /// 16 QP pairs on shared CQs, per-pair sequence numbers, the bursts spread over all of them.
     @Test("16 QP pairs on shared CQs recover together", arguments: ["planned", "rxe"])
     func sixteenPairs(mode: String) throws {

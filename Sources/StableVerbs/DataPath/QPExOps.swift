@@ -406,11 +406,19 @@ public func svOpWrComplete(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?) -> Int32 {
         svSetBatch(q, SV_WR_BATCH_NONE)
         return rc
     }
-    // Committed before the provider posts: a completion may be polled (another thread) at once.
+    let rc = svCommitAndComplete(ring, r)
+    svSetBatch(q, SV_WR_BATCH_NONE)
+    return rc
+}
+
+/// Commits the batch recorded in `ring`, then has the provider post it (`wr_complete`); a batch
+/// the provider refuses is taken back out of the ring. Committed first: a completion may be
+/// polled (another thread) as soon as the provider posted.
+@inline(__always)
+func svCommitAndComplete(_ ring: UnsafeMutablePointer<sv_wr_ring>, _ r: UnsafeMutablePointer<ibv_qp_ex>) -> Int32 {
     let old = sv_ring_wr_commit(ring)
     let rc = r.pointee.wr_complete.unsafelyUnwrapped(r)
     if rc != 0 { sv_ring_wr_uncommit(ring, old) }
-    svSetBatch(q, SV_WR_BATCH_NONE)
     return rc
 }
 

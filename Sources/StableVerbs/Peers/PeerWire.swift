@@ -237,10 +237,16 @@ struct PeerHost: Hashable, CustomStringConvertible {
     init?(gid: ibv_gid) {
         var g = gid
         let b = withUnsafeBytes(of: &g.raw) { Array($0) }
+        self.init(address: b)
+        if v4 == nil && (b.allSatisfy({ $0 == 0 }) || (b[0] == 0xfe && b[1] & 0xc0 == 0x80)) {
+            return nil  // no address, or link-local (the scope is not known here)
+        }
+    }
+
+    /// The host of a 16-byte address: IPv4-mapped (::ffff:a.b.c.d) or IPv6.
+    init(address b: [UInt8]) {
         if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff {
             v4 = b[12..<16].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
-        } else if b.allSatisfy({ $0 == 0 }) || (b[0] == 0xfe && b[1] & 0xc0 == 0x80) {
-            return nil  // no address, or link-local (the scope is not known here)
         } else {
             v6 = b
         }

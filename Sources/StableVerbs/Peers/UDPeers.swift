@@ -119,14 +119,7 @@ extension PeerHost {
         var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
         let rc = withUnsafeMutablePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) } }
         guard rc == 0, sa.sin6_family == sa_family_t(AF_INET6) else { return nil }
-        var g = ibv_gid()
-        withUnsafeMutableBytes(of: &g.raw) { d in withUnsafeBytes(of: &sa.sin6_addr) { s in for i in 0..<16 { d[i] = s[i] } } }
-        let b = withUnsafeBytes(of: &g.raw) { Array($0) }
-        if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff {
-            v4 = b[12..<16].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
-        } else {
-            v6 = b
-        }
+        self.init(address: withUnsafeBytes(of: &sa.sin6_addr) { Array($0) })
     }
 
     /// 127.0.0.1 or ::1.

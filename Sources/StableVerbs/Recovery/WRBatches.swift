@@ -66,11 +66,7 @@ extension Runtime {
             }
             // Started while LIVE; the context left LIVE since (QUIESCING, or a loss not yet
             // released): the real QP still takes it, the drain or the replay accounts for it.
-            let r = q.pointee.real_qpx.unsafelyUnwrapped
-            let old = sv_ring_wr_commit(ring)
-            let rc = r.pointee.wr_complete.unsafelyUnwrapped(r)
-            if rc != 0 { sv_ring_wr_uncommit(ring, old) }
-            return rc
+            return svCommitAndComplete(ring, q.pointee.real_qpx.unsafelyUnwrapped)
         }
     }
 }
