@@ -5,7 +5,7 @@
 // output; the shim must have recovered once per loss. The guest side is scripts/peer-recovery.sh.
 // CI runs small counts (across guests one loss of each way per program, 2 in one guest);
 // `PEER_LOSSES=5 swift test --filter LabTests.peer` runs the full ones (a run per program and way;
-// NIC replacements capped at 3; ib_write_lat -n 100000).
+// NIC replacements capped at 3; ibv_rc_pingpong -n 200000, ib_write_lat -n 100000).
 
 import Foundation
 import Testing
@@ -65,7 +65,8 @@ extension LabTests {
     /// device: rdma link delete/add, a NIC hot-unplugged and a new one (new MAC) plugged in, and the
     /// planned path (`stableverbs detach` … `stableverbs attach`). CI: one run per program, its
     /// three losses one of each way in turn. `PEER_LOSSES=K`: the full counts, a run per way
-    /// (K deletions, min(K, 3) NIC swaps, K planned moves; ib_write_lat -n 100000).
+    /// (K deletions, min(K, 3) NIC swaps, K planned moves; ibv_rc_pingpong -n 200000, ib_write_lat
+    /// -n 100000; about 2 hours in all on this kind of machine).
     /// ib_write_lat (perftest: ibv_wr_* posts, inline data) RDMA-writes into the other side's buffer
     /// and spins on its own memory for the peer's write: a write lost with the device hangs both.
     /// ibv_srq_pingpong runs 16 connections on one SRQ. Under ibv_ud_pingpong the moved shim must
@@ -76,10 +77,13 @@ extension LabTests {
     func peerEveryWay(program: String) async throws {
         let runs: [(how: String, losses: Int)] = losses.map { k in [("delete", k), ("nic", min(k, 3)), ("planned", k)] }
             ?? [("delete,nic,planned", 3)]
+        // The counts when the full run is asked for: ibv_rc_pingpong -n 200000 (≈15 min here),
+        // ib_write_lat -n 100000 (≈9 min).
+        let full: [String: (iterations: Int, seconds: Int)] = ["ibv_rc_pingpong": (200_000, 1800), "ib_write_lat": (100_000, 1200)]
         for (how, k) in runs {
-            let n = program == "ib_write_lat" && losses != nil ? 100_000 : iterations(program, losses: k)
+            let n = losses != nil ? full[program]?.iterations ?? iterations(program, losses: k) : iterations(program, losses: k)
             let lines = try await twoGuest(program, iterations: n, losses: k, how: how,
-                                           seconds: program == "ib_write_lat" && losses != nil ? 1200 : 300)
+                                           seconds: losses != nil ? full[program]?.seconds ?? 300 : 300)
             if how.contains("planned") && program != "ibv_ud_pingpong" {  // UD has no connection to announce it on
                 #expect(lines.contains { $0.text.contains("the peer announced a planned detach") },
                         "\(program), \(how): the server was not told of the planned detach")
