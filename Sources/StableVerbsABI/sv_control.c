@@ -23,6 +23,33 @@ void sv_control_once(void (*init)(void))
 	pthread_once(&control_once, run_control_init);
 }
 
+/* Fork. The shim's own threads (the watcher, the peer service, the control socket) take the
+ * control lock from time to time; a fork while one of them held it would leave the child's copy
+ * locked for ever, by a thread the child does not have, and the child's first control-path call
+ * (opening a device, stableverbs_control_path, ...) would hang. So fork waits until the lock is
+ * free and holds it across; the child starts with a fresh, unlocked one (its owner in the parent
+ * is not a thread of the child: a recursive mutex cannot be unlocked there, only re-made). */
+static void control_prepare(void)
+{
+	pthread_mutex_lock(&control_mutex);
+}
+
+static void control_parent(void)
+{
+	pthread_mutex_unlock(&control_mutex);
+}
+
+static void control_child(void)
+{
+	pthread_mutex_t fresh = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+	control_mutex = fresh;
+}
+
+__attribute__((constructor)) static void control_atfork(void)
+{
+	pthread_atfork(control_prepare, control_parent, control_child);
+}
+
 void sv_control_lock(void)
 {
 	pthread_mutex_lock(&control_mutex);

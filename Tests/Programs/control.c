@@ -11,6 +11,10 @@
  *                     removes it (the parent's stays).
  *   control -r        the runtime directory is refused: after ibv_open_device the path is still
  *                     ENOENT and the directory holds no socket of this pid.
+ *   control -f N      the life cycle, then N fork children in a row while the parent has a device
+ *                     open (the shim's threads run and take its control lock): each child's first
+ *                     control-path call must answer (ENOENT) within 5 s — a child that inherited
+ *                     the lock held by a thread it does not have would hang.
  *
  * Prints "control: <mode>, 0 errors" when every check held.
  */
@@ -71,6 +75,7 @@ static struct ibv_context *open_first(void)
 int main(int argc, char **argv)
 {
 	int refused = argc > 1 && strcmp(argv[1], "-r") == 0;
+	int forks = argc > 2 && strcmp(argv[1], "-f") == 0 ? atoi(argv[2]) : 0;
 	tp_start("control", 60);
 	sv_path = dlsym(RTLD_DEFAULT, "stableverbs_control_path");
 	TP_CHECK(sv_path, "stableverbs_control_path not found: is libstableverbs.so preloaded?");
@@ -123,6 +128,31 @@ int main(int argc, char **argv)
 	check(!exists(childs), "the child's socket is removed at its exit");
 	check(exists(mine), "the parent's socket survives");
 	expect_socket(dir, getpid(), "parent after the children");
+
+	int hung = 0;
+	for (int i = 0; i < forks; i++) {
+		child = fork();
+		TP_CHECK(child >= 0, "fork failed");
+		if (child == 0)
+			_exit(sv_path(buf, sizeof(buf)) == ENOENT ? 0 : 7);
+		int waited = 0;
+		pid_t r;
+		while ((r = waitpid(child, &status, WNOHANG)) == 0 && waited < 5000) {
+			usleep(1000);
+			waited++;
+		}
+		if (r == 0) {
+			kill(child, SIGKILL);
+			waitpid(child, &status, 0);
+			hung++;
+		} else {
+			check(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a fork child's control path answers ENOENT");
+		}
+	}
+	if (forks > 0) {
+		printf("control: %d fork children, %d hung\n", forks, hung);
+		check(hung == 0, "no fork child hangs in the control path");
+	}
 
 	ibv_close_device(ctx);
 	printf("control: lifecycle, %d errors\n", errors);

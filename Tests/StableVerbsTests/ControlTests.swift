@@ -237,6 +237,18 @@ struct ControlTests {
         #expect(left.isEmpty, "left in the runtime dir: \(left)")
     }
 
+    /// Fork children right after the parent opened its device (its shim threads starting and taking
+    /// the control lock), then 20 more: no child may inherit the lock held by a thread it does not
+    /// have (its first control-path call would hang). Ten runs: before the fork handler about one
+    /// run in three hung.
+    @Test("fork children never inherit the control lock held", arguments: 1...10)
+    func forkChildrenDoNotHang(run: Int) throws {
+        let dir = freshDirectory("fork\(run)")
+        let out = try Harness.runProgram("control", ["-f", "20"], setup: .ibOneDevice, extraEnvironment: ["STABLEVERBS_RUNTIME_DIR": dir], timeout: 60)
+        #expect(out.status == 0 && out.line(startingWith: "control: 20 fork children, 0 hung") != nil
+                    && out.line(startingWith: "control: lifecycle, 0 errors") != nil, "\(out)")
+    }
+
     /// A runtime directory the group or others can reach is refused by the shim (clear message, no
     /// socket, the program carries on) and by the command (exit 1).
     @Test("an accessible runtime directory is refused", arguments: [0o777, 0o750, 0o701])

@@ -89,49 +89,68 @@ enum Harness {
     }
 
     /// Runs an executable with exactly `environment`, stdout/stderr into files (no pipe deadlocks),
-    /// killing it after `timeout` seconds.
+    /// in a process group of its own, killing the group after `timeout` seconds. Whatever the program
+    /// left running in its group when it ended (a fork child) is killed too: nothing it started
+    /// outlives the test or holds it up.
     static func run(_ executable: String, _ arguments: [String], environment: [String: String],
                     timeout: Double) throws -> Output {
         let fm = FileManager.default
         let base = fm.temporaryDirectory.appendingPathComponent("sv-run-\(getpid())-\(UUID().uuidString)")
-        let outURL = base.appendingPathExtension("out"), errURL = base.appendingPathExtension("err")
-        fm.createFile(atPath: outURL.path, contents: nil)
-        fm.createFile(atPath: errURL.path, contents: nil)
+        let outPath = base.appendingPathExtension("out").path, errPath = base.appendingPathExtension("err").path
         defer {
-            try? fm.removeItem(at: outURL)
-            try? fm.removeItem(at: errURL)
+            try? fm.removeItem(atPath: outPath)
+            try? fm.removeItem(atPath: errPath)
         }
-        let outHandle = try FileHandle(forWritingTo: outURL)
-        let errHandle = try FileHandle(forWritingTo: errURL)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = arguments
-        p.environment = environment
-        p.standardOutput = outHandle
-        p.standardError = errHandle
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        posix_spawnattr_setpgroup(&attributes, 0)
+        var mask = sigset_t(), defaults = sigset_t()
+        sigemptyset(&mask)
+        sigfillset(&defaults)
+        posix_spawnattr_setsigmask(&attributes, &mask)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        guard rc == 0 else { throw HarnessError("cannot run \(executable): \(String(cString: strerror(rc)))") }
+        // Until the program ended (not reaped yet: its group id stays its own), or the deadline.
+        func ended() -> Bool {
+            var info = siginfo_t()
+            return waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info._sifields._sigchld.si_pid == pid
+        }
         let deadline = Date().addingTimeInterval(timeout)
         var timedOut = false
-        while p.isRunning {
+        while !ended() {
             if Date() > deadline {
                 timedOut = true
-                p.terminate()
+                kill(-pid, SIGTERM)
                 let grace = Date().addingTimeInterval(2)
-                while p.isRunning && Date() < grace { usleep(20_000) }
-                if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+                while !ended() && Date() < grace { usleep(20_000) }
                 break
             }
             usleep(5_000)
         }
-        p.waitUntilExit()
-        try? outHandle.close()
-        try? errHandle.close()
-        let out = (try? String(contentsOf: outURL, encoding: .utf8)) ?? ""
-        let err = (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
-        let signaled = p.terminationReason == .uncaughtSignal
-        return Output(status: signaled ? 128 + p.terminationStatus : p.terminationStatus, signaled: signaled,
-                      timedOut: timedOut, stdout: out, stderr: err)
+        kill(-pid, SIGKILL)  // a program past its time, and what any program left in its group
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let out = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
+        let err = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+        let signaled = status & 0x7f != 0 && status & 0x7f != 0x7f
+        let code = signaled ? 128 + (status & 0x7f) : (status >> 8) & 0xff
+        return Output(status: code, signaled: signaled, timedOut: timedOut, stdout: out, stderr: err)
     }
 
     /// Where the programs' control sockets go unless a test says otherwise (made 0700 by the shim).

@@ -13,10 +13,11 @@
 // that may block (ibv_get_cq_event, ibv_get_async_event, the destroy verbs that wait for event
 // acknowledgements) run outside the lock.
 //
-// Fork. No pthread_atfork handlers are installed: a child that does not use verbs is unaffected. A
-// child inherits the virtual objects exactly as it would inherit a native library's objects (same
-// memory, same fds); using them in the child is what it is natively (ibv_fork_init rules apply; the
-// shim forwards ibv_fork_init to the lower interface).
+// Fork. One pthread_atfork handler (sv_control.c): fork waits for the control lock to be free and
+// the child starts with a fresh one (the shim's threads take it; a child must not inherit it held
+// by a thread it does not have). Otherwise a child inherits the virtual objects exactly as it would
+// inherit a native library's objects (same memory, same fds); using them in the child is what it
+// is natively (ibv_fork_init rules apply; the shim forwards ibv_fork_init to the lower interface).
 
 import CVerbs
 import Glibc
