@@ -123,6 +123,22 @@ uint64_t sv_ring_record_send(struct sv_wr_ring *r, const struct ibv_send_wr *wr)
 	return record_send_one(r, wr, 0);
 }
 
+/* A receive entry from `wr` and its `n` SGEs (n within max_sge, checked by the caller). */
+static inline void fill_recv(struct sv_ring_entry *e, const struct ibv_recv_wr *wr, int n)
+{
+	struct ibv_sge *sg = sv_ring_sges(e);
+	e->wr.recv.wr_id = wr->wr_id;
+	e->wr.recv.next = NULL;
+	e->wr.recv.sg_list = sg;
+	e->wr.recv.num_sge = n;
+	if (n == 1)
+		*sg = *wr->sg_list;
+	else if (n > 0)
+		memcpy(sg, wr->sg_list, (size_t)n * sizeof(struct ibv_sge));
+	e->done = 0;
+	e->inline_len = 0;
+}
+
 uint64_t sv_ring_record_recv(struct sv_wr_ring *r, const struct ibv_recv_wr *wr)
 {
 	if (wr->next || wr->num_sge != 1 || r->max_sge < 1)
@@ -131,14 +147,7 @@ uint64_t sv_ring_record_recv(struct sv_wr_ring *r, const struct ibv_recv_wr *wr)
 	struct sv_ring_entry *e = next_free(r, &tail);
 	if (!e)
 		return UINT64_MAX;
-	struct ibv_sge *sg = sv_ring_sges(e);
-	e->wr.recv.wr_id = wr->wr_id;
-	e->wr.recv.next = NULL;
-	e->wr.recv.sg_list = sg;
-	e->wr.recv.num_sge = 1;
-	*sg = *wr->sg_list;
-	e->done = 0;
-	e->inline_len = 0;
+	fill_recv(e, wr, 1);
 	atomic_store_explicit(&r->tail, tail + 1, memory_order_release);
 	return tail;
 }
@@ -193,14 +202,7 @@ static uint64_t record_recv_list(struct sv_wr_ring *r, const struct ibv_recv_wr 
 		int n = w->num_sge;
 		if (n < 0 || (uint32_t)n > r->max_sge)
 			return UINT64_MAX;
-		e->wr.recv = *w;
-		e->wr.recv.next = NULL;
-		e->done = 0;
-		e->inline_len = 0;
-		struct ibv_sge *sg = sv_ring_sges(e);
-		if (n > 0)
-			memcpy(sg, w->sg_list, (size_t)n * sizeof(struct ibv_sge));
-		e->wr.recv.sg_list = sg;
+		fill_recv(e, w, n);
 		t++;
 	}
 	atomic_store_explicit(&r->tail, t, memory_order_release);
@@ -439,6 +441,10 @@ static inline void retire(struct sv_qp *q, const struct ibv_wc *w, int error)
 	if (w->opcode & IBV_WC_RECV) {
 		if (q->recv_ring)
 			retire_recv(q->recv_ring, w->wr_id);
+		if (!error) /* one poller per QP's receive completions: no read-modify-write needed */
+			atomic_store_explicit(&q->recv_seen,
+					      atomic_load_explicit(&q->recv_seen, memory_order_relaxed) + 1,
+					      memory_order_release);
 	} else if (q->send_ring) {
 		retire_send(q->send_ring, w->wr_id, error);
 	}

@@ -164,6 +164,53 @@ static void traffic(struct tp_end *a, struct tp_end *b, const struct ids *ia, co
 	}
 }
 
+/* Lists the provider refuses part of, on a fresh connected pair: the error and bad_wr are those of
+ * a native post and the WRs before the refused one are posted (after a rebuild the shim copies
+ * lists in chunks of 8 send / 16 receive WRs: the refused WR is in the second or a later chunk). */
+static void refused_lists(struct tp_dev *da, struct tp_dev *db, const char *tag)
+{
+	enum { NSEND = 12, BAD_SEND = 9, NRECV = 40, BAD_RECV = 37 };
+	struct tp_qp_opts o = {.type = IBV_QPT_RC};
+	struct tp_end s, r;
+	tp_end_create(&s, da, &o);
+	tp_end_create(&r, db, &o);
+	tp_connect_rc(&s, &r);
+	struct ibv_qp_attr qa;
+	struct ibv_qp_init_attr qi;
+	int rc = ibv_query_qp(s.qp, &qa, IBV_QP_CAP, &qi);
+	TP_CHECK(rc == 0, "%s: ibv_query_qp failed: %s", tag, strerror(rc));
+	int send_over = (int)qa.cap.max_send_sge + 1, recv_over = (int)qa.cap.max_recv_sge + 1;
+	TP_CHECK(send_over <= 64 && recv_over <= 64, "%s: max_sge %u/%u: too many for this test", tag,
+		 qa.cap.max_send_sge, qa.cap.max_recv_sge);
+	struct ibv_sge sg[64];
+	for (int k = 0; k < 64; k++)
+		sg[k] = (struct ibv_sge){.addr = (uintptr_t)(s.buf + 8 * k), .length = 8, .lkey = s.mr->lkey};
+
+	struct ibv_send_wr w[NSEND], *bad = NULL;
+	for (int k = 0; k < NSEND; k++)
+		w[k] = (struct ibv_send_wr){.wr_id = 100u + (uint64_t)k, .next = k + 1 < NSEND ? &w[k + 1] : NULL,
+					    .sg_list = sg, .num_sge = k == BAD_SEND ? send_over : 1,
+					    .opcode = IBV_WR_RDMA_WRITE, .send_flags = IBV_SEND_SIGNALED,
+					    .wr.rdma = {.remote_addr = (uintptr_t)(r.buf + RW_OFF) + 8u * (uint64_t)k,
+							.rkey = r.mr->rkey}};
+	rc = ibv_post_send(s.qp, w, &bad);
+	check(rc == EINVAL && bad == &w[BAD_SEND], "%s: a send list with %d SGEs in WR %d: rc %d, bad_wr at WR %ld", tag,
+	      send_over, BAD_SEND, rc, bad ? (long)(bad - w) : -1L);
+	struct ibv_wc wc;
+	for (int k = 0; k < BAD_SEND; k++)
+		tp_expect(s.scq, &wc, IBV_WC_RDMA_WRITE, 100u + (uint64_t)k, tag);
+
+	struct ibv_recv_wr rw[NRECV], *rbad = NULL;
+	for (int k = 0; k < NRECV; k++)
+		rw[k] = (struct ibv_recv_wr){.wr_id = 200u + (uint64_t)k, .next = k + 1 < NRECV ? &rw[k + 1] : NULL,
+					     .sg_list = sg, .num_sge = k == BAD_RECV ? recv_over : 1};
+	rc = ibv_post_recv(r.qp, rw, &rbad);
+	check(rc == EINVAL && rbad == &rw[BAD_RECV], "%s: a receive list with %d SGEs in WR %d: rc %d, bad_wr at WR %ld",
+	      tag, recv_over, BAD_RECV, rc, rbad ? (long)(rbad - rw) : -1L);
+	tp_end_destroy(&s, 1);
+	tp_end_destroy(&r, 1);
+}
+
 /* A completion event through the channel, whose fd number must survive rebuilds. */
 static void event_round(struct ibv_comp_channel *ch, struct tp_end *a, struct tp_end *b, const struct ids *ib,
 			const char *tag)
@@ -251,6 +298,7 @@ int main(int argc, char **argv)
 	traffic(&a, &b, &ia, &ib, 0, 0, "before rebuild, legacy");
 	traffic(&c, &d, &ic, &id, 1, 0, "before rebuild, wr");
 	event_round(ch, &a, &b, &ib, "before rebuild, event");
+	refused_lists(&da, db, "before rebuild, refused lists");
 
 	int qpn_checked = 0;
 	for (int round = 1; round <= rounds; round++) {
@@ -285,6 +333,8 @@ int main(int argc, char **argv)
 		traffic(&c, &d, &ic, &id, 1, round, tag);
 		snprintf(tag, sizeof(tag), "after rebuild %d, event", round);
 		event_round(ch, &a, &b, &ib, tag);
+		snprintf(tag, sizeof(tag), "after rebuild %d, refused lists", round);
+		refused_lists(&da, db, tag);
 		ia.rqpn = na.rqpn, ia.rlkey = na.rlkey, ia.rrkey = na.rrkey;
 		ib.rqpn = nb.rqpn, ib.rlkey = nb.rlkey, ib.rrkey = nb.rrkey;
 		ic.rqpn = nc.rqpn, ic.rlkey = nc.rlkey, ic.rrkey = nc.rrkey;

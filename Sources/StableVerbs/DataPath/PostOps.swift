@@ -105,12 +105,75 @@ func svPostSendTranslated(
     let ctx = q.pointee.ctx.unsafelyUnwrapped
     let real = q.pointee.real.unsafelyUnwrapped
     let post = real.pointee.context.unsafelyUnwrapped.pointee.ops.post_send.unsafelyUnwrapped
-    let lkeys = svLkeys(ctx)
     let peer = q.pointee.peer
     let isUD = q.pointee.qpx.qp_base.qp_type.rawValue == IBV_QPT_UD.rawValue
     let inlineFlag = IBV_SEND_INLINE.rawValue
+    return svPostInChunks(
+        wr, chunk: svSendWRChunk, lkeys: svLkeys(ctx), bad,
+        // Inline data is copied by the provider from the addresses: lkeys are not used, the
+        // application's SGE array is passed as is.
+        translatedSGEs: { w in
+            let n = Int(w.pointee.num_sge)
+            return n > 0 && w.pointee.send_flags & inlineFlag != 0 ? 0 : n
+        },
+        finish: { d in
+            let opcode = d.pointee.opcode.rawValue
+            if opcode == IBV_WR_RDMA_WRITE.rawValue || opcode == IBV_WR_RDMA_WRITE_WITH_IMM.rawValue
+                || opcode == IBV_WR_RDMA_READ.rawValue || opcode == IBV_WR_ATOMIC_WRITE.rawValue
+            {
+                if let peer { d.pointee.wr.rdma.rkey = svTranslate(svRkeys(peer), d.pointee.wr.rdma.rkey) }
+            } else if opcode == IBV_WR_ATOMIC_CMP_AND_SWP.rawValue || opcode == IBV_WR_ATOMIC_FETCH_AND_ADD.rawValue {
+                if let peer {
+                    d.pointee.wr.atomic.rkey = svTranslate(svRkeys(peer), d.pointee.wr.atomic.rkey)
+                }
+            } else if opcode == IBV_WR_SEND_WITH_INV.rawValue {
+                if let peer {
+                    d.pointee.invalidate_rkey = svTranslate(svRkeys(peer), d.pointee.invalidate_rkey)
+                }
+            } else if opcode == IBV_WR_LOCAL_INV.rawValue {
+                d.pointee.invalidate_rkey = svTranslate(svOwnRkeys(ctx), d.pointee.invalidate_rkey)
+            }
+            if isUD {
+                let vah = d.pointee.wr.ud.ah
+                d.pointee.wr.ud.remote_qpn = svRemoteQPN(vah, d.pointee.wr.ud.remote_qpn)
+                d.pointee.wr.ud.ah = svRealAH(vah)
+            }
+        },
+        post: { post(real, $0, $1) })
+}
 
-    return withUnsafeTemporaryAllocation(of: ibv_send_wr.self, capacity: svSendWRChunk) { (wrBuf: UnsafeMutableBufferPointer<ibv_send_wr>) throws(Never) -> Int32 in
+// MARK: - The chunked copy of the translated paths
+
+/// A work request list the translated paths copy: ibv_send_wr or ibv_recv_wr.
+protocol SVChainedWR {
+    var nextWR: UnsafeMutablePointer<Self>? { get set }
+    var sgeList: UnsafeMutablePointer<ibv_sge>? { get set }
+}
+
+extension ibv_send_wr: SVChainedWR {
+    var nextWR: UnsafeMutablePointer<ibv_send_wr>? { get { next } set { next = newValue } }
+    var sgeList: UnsafeMutablePointer<ibv_sge>? { get { sg_list } set { sg_list = newValue } }
+}
+
+extension ibv_recv_wr: SVChainedWR {
+    var nextWR: UnsafeMutablePointer<ibv_recv_wr>? { get { next } set { next = newValue } }
+    var sgeList: UnsafeMutablePointer<ibv_sge>? { get { sg_list } set { sg_list = newValue } }
+}
+
+/// Copies the application's list `wr` onto the stack `chunk` WRs (and at most `svSGEChunk` SGEs)
+/// at a time; in each copy the first `translatedSGEs(w)` SGEs get real lkeys (0: the application's
+/// SGE array is kept; negative: refused) and `finish` translates the rest; each chunk goes to
+/// `post`. On failure *bad is the application's WR at the index the provider refused; the chunks
+/// before it stay posted, as natively. A WR with more SGEs than a chunk holds is refused (EINVAL).
+@inline(__always)
+func svPostInChunks<W: SVChainedWR>(
+    _ wr: UnsafeMutablePointer<W>?, chunk: Int, lkeys: UnsafeMutablePointer<sv_idmap>,
+    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<W>?>?,
+    translatedSGEs: (UnsafeMutablePointer<W>) -> Int,
+    finish: (UnsafeMutablePointer<W>) -> Void,
+    post: (UnsafeMutablePointer<W>?, UnsafeMutablePointer<UnsafeMutablePointer<W>?>?) -> Int32
+) -> Int32 {
+    withUnsafeTemporaryAllocation(of: W.self, capacity: chunk) { (wrBuf: UnsafeMutableBufferPointer<W>) throws(Never) -> Int32 in
         withUnsafeTemporaryAllocation(of: ibv_sge.self, capacity: svSGEChunk) { (sgeBuf: UnsafeMutableBufferPointer<ibv_sge>) throws(Never) -> Int32 in
             let wrs = wrBuf.baseAddress.unsafelyUnwrapped
             let sges = sgeBuf.baseAddress.unsafelyUnwrapped
@@ -118,98 +181,60 @@ func svPostSendTranslated(
             var sgeCount = 0         // SGEs used in the current chunk
             var chunkHead = wr       // the application's WR at index 0 of the current chunk
             var next = wr
-
+            /// Posts the current chunk; on failure maps the provider's bad_wr (an index into the
+            /// chunk) back to the application's WR at the same index.
+            func flush() -> Int32 {
+                var realBad: UnsafeMutablePointer<W>? = nil
+                let rc = post(wrs, &realBad)
+                if rc == 0 { return 0 }
+                var index = 0
+                if let rb = realBad, rb >= wrs, rb < wrs + count { index = rb - wrs }
+                var app = chunkHead
+                while index > 0, let a = app { app = a.pointee.nextWR; index -= 1 }
+                bad?.pointee = app
+                return rc
+            }
             while let w = next {
-                let numSGE = Int(w.pointee.num_sge)
-                let isInline = w.pointee.send_flags & inlineFlag != 0
-                // Inline data is copied by the provider from the addresses: lkeys are not used,
-                // the application's SGE array is passed as is.
-                let needed = isInline || numSGE <= 0 ? 0 : numSGE
-                if needed > svSGEChunk || numSGE < 0 {
+                let needed = translatedSGEs(w)
+                if needed > svSGEChunk || needed < 0 {
                     if count > 0 {
-                        let rc = svFlushSend(post, real, wrs, count, chunkHead, bad)
+                        let rc = flush()
                         if rc != 0 { return rc }
                     }
                     bad?.pointee = w
                     return EINVAL
                 }
-                if count == svSendWRChunk || sgeCount + needed > svSGEChunk {
-                    let rc = svFlushSend(post, real, wrs, count, chunkHead, bad)
+                if count == chunk || sgeCount + needed > svSGEChunk {
+                    let rc = flush()
                     if rc != 0 { return rc }
                     count = 0
                     sgeCount = 0
                     chunkHead = w
                 }
-
                 let d = wrs + count
                 d.initialize(to: w.pointee)
-                d.pointee.next = nil
-                if count > 0 { (d - 1).pointee.next = d }
+                d.pointee.nextWR = nil
+                if count > 0 { (d - 1).pointee.nextWR = d }
                 if needed > 0 {
-                    let src = w.pointee.sg_list.unsafelyUnwrapped
+                    let src = w.pointee.sgeList.unsafelyUnwrapped
                     let dst = sges + sgeCount
                     for k in 0..<needed {
                         let s = src[k]
                         (dst + k).initialize(
                             to: ibv_sge(addr: s.addr, length: s.length, lkey: IdentityMap.translate(lkeys, s.lkey)))
                     }
-                    d.pointee.sg_list = dst
+                    d.pointee.sgeList = dst
                     sgeCount += needed
                 }
-                let opcode = w.pointee.opcode.rawValue
-                if opcode == IBV_WR_RDMA_WRITE.rawValue || opcode == IBV_WR_RDMA_WRITE_WITH_IMM.rawValue
-                    || opcode == IBV_WR_RDMA_READ.rawValue || opcode == IBV_WR_ATOMIC_WRITE.rawValue
-                {
-                    if let peer { d.pointee.wr.rdma.rkey = svTranslate(svRkeys(peer), d.pointee.wr.rdma.rkey) }
-                } else if opcode == IBV_WR_ATOMIC_CMP_AND_SWP.rawValue || opcode == IBV_WR_ATOMIC_FETCH_AND_ADD.rawValue {
-                    if let peer {
-                        d.pointee.wr.atomic.rkey = svTranslate(svRkeys(peer), d.pointee.wr.atomic.rkey)
-                    }
-                } else if opcode == IBV_WR_SEND_WITH_INV.rawValue {
-                    if let peer {
-                        d.pointee.invalidate_rkey = svTranslate(svRkeys(peer), d.pointee.invalidate_rkey)
-                    }
-                } else if opcode == IBV_WR_LOCAL_INV.rawValue {
-                    d.pointee.invalidate_rkey = svTranslate(svOwnRkeys(ctx), d.pointee.invalidate_rkey)
-                }
-                if isUD {
-                    let vah = d.pointee.wr.ud.ah
-                    d.pointee.wr.ud.remote_qpn = svRemoteQPN(vah, d.pointee.wr.ud.remote_qpn)
-                    d.pointee.wr.ud.ah = svRealAH(vah)
-                }
+                finish(d)
                 count += 1
-                next = w.pointee.next
+                next = w.pointee.nextWR
             }
-            if count == 0 {
-                // An empty list: let the provider answer as it does natively.
-                return post(real, nil, bad)
-            }
-            return svFlushSend(post, real, wrs, count, chunkHead, bad)
+            // An empty list: let the provider answer as it does natively.
+            if count == 0 { return post(nil, bad) }
+            return flush()
         }
     }
-}
-
-/// Posts one translated chunk; on failure maps the provider's bad_wr (an index into the chunk) back
-/// to the application's WR at the same index.
-@inline(__always)
-func svFlushSend(
-    _ post: @convention(c) (
-        UnsafeMutablePointer<ibv_qp>?, UnsafeMutablePointer<ibv_send_wr>?,
-        UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
-    ) -> Int32,
-    _ real: UnsafeMutablePointer<ibv_qp>, _ wrs: UnsafeMutablePointer<ibv_send_wr>, _ count: Int,
-    _ chunkHead: UnsafeMutablePointer<ibv_send_wr>?,
-    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
-) -> Int32 {
-    var realBad: UnsafeMutablePointer<ibv_send_wr>? = nil
-    let rc = post(real, wrs, &realBad)
-    if rc == 0 { return 0 }
-    var index = 0
-    if let rb = realBad, rb >= wrs, rb < wrs + count { index = rb - wrs }
-    var app = chunkHead
-    while index > 0, let a = app { app = a.pointee.next; index -= 1 }
-    bad?.pointee = app
-    return rc
 }
 
 // MARK: - post_recv / post_srq_recv
@@ -316,55 +341,10 @@ func svPostRecvTranslated(
     let ctx = isSRQ
         ? object.assumingMemoryBound(to: sv_srq.self).pointee.ctx.unsafelyUnwrapped
         : object.assumingMemoryBound(to: sv_qp.self).pointee.ctx.unsafelyUnwrapped
-    let lkeys = svLkeys(ctx)
-    return withUnsafeTemporaryAllocation(of: ibv_recv_wr.self, capacity: svRecvWRChunk) { (wrBuf: UnsafeMutableBufferPointer<ibv_recv_wr>) throws(Never) -> Int32 in
-        withUnsafeTemporaryAllocation(of: ibv_sge.self, capacity: svSGEChunk) { (sgeBuf: UnsafeMutableBufferPointer<ibv_sge>) throws(Never) -> Int32 in
-            let wrs = wrBuf.baseAddress.unsafelyUnwrapped
-            let sges = sgeBuf.baseAddress.unsafelyUnwrapped
-            var count = 0
-            var sgeCount = 0
-            var chunkHead = wr
-            var next = wr
-            while let w = next {
-                let numSGE = Int(w.pointee.num_sge)
-                let needed = numSGE <= 0 ? 0 : numSGE
-                if needed > svSGEChunk || numSGE < 0 {
-                    if count > 0 {
-                        let rc = svFlushRecv(object, isSRQ, wrs, count, chunkHead, bad)
-                        if rc != 0 { return rc }
-                    }
-                    bad?.pointee = w
-                    return EINVAL
-                }
-                if count == svRecvWRChunk || sgeCount + needed > svSGEChunk {
-                    let rc = svFlushRecv(object, isSRQ, wrs, count, chunkHead, bad)
-                    if rc != 0 { return rc }
-                    count = 0
-                    sgeCount = 0
-                    chunkHead = w
-                }
-                let d = wrs + count
-                d.initialize(to: w.pointee)
-                d.pointee.next = nil
-                if count > 0 { (d - 1).pointee.next = d }
-                if needed > 0 {
-                    let src = w.pointee.sg_list.unsafelyUnwrapped
-                    let dst = sges + sgeCount
-                    for k in 0..<needed {
-                        let s = src[k]
-                        (dst + k).initialize(
-                            to: ibv_sge(addr: s.addr, length: s.length, lkey: IdentityMap.translate(lkeys, s.lkey)))
-                    }
-                    d.pointee.sg_list = dst
-                    sgeCount += needed
-                }
-                count += 1
-                next = w.pointee.next
-            }
-            if count == 0 { return svPostRecvRaw(object, isSRQ, nil, bad) }
-            return svFlushRecv(object, isSRQ, wrs, count, chunkHead, bad)
-        }
-    }
+    return svPostInChunks(
+        wr, chunk: svRecvWRChunk, lkeys: svLkeys(ctx), bad,
+        translatedSGEs: { Int($0.pointee.num_sge) }, finish: { _ in },
+        post: { svPostRecvRaw(object, isSRQ, $0, $1) })
 }
 
 @inline(__always)
@@ -378,23 +358,6 @@ func svPostRecvRaw(
     }
     let real = object.assumingMemoryBound(to: sv_qp.self).pointee.real.unsafelyUnwrapped
     return real.pointee.context.unsafelyUnwrapped.pointee.ops.post_recv.unsafelyUnwrapped(real, wrs, bad)
-}
-
-@inline(__always)
-func svFlushRecv(
-    _ object: UnsafeMutableRawPointer, _ isSRQ: Bool, _ wrs: UnsafeMutablePointer<ibv_recv_wr>,
-    _ count: Int, _ chunkHead: UnsafeMutablePointer<ibv_recv_wr>?,
-    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
-) -> Int32 {
-    var realBad: UnsafeMutablePointer<ibv_recv_wr>? = nil
-    let rc = svPostRecvRaw(object, isSRQ, wrs, &realBad)
-    if rc == 0 { return 0 }
-    var index = 0
-    if let rb = realBad, rb >= wrs, rb < wrs + count { index = rb - wrs }
-    var app = chunkHead
-    while index > 0, let a = app { app = a.pointee.next; index -= 1 }
-    bad?.pointee = app
-    return rc
 }
 
 // MARK: - Installation

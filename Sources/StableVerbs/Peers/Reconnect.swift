@@ -16,6 +16,7 @@
 // - receives: when the peer's `acked` is above our `seen`, the completions of that many receives
 //   died with our device after the data landed; they are made again (in order, from the peer's
 //   descriptions: opcode, length, immediate) so no message is lost and no receive consumed twice.
+//   On an SRQ the buffers those messages landed in are not known: not remade (logged).
 // Both ends moving at once: both send `moved`; the end with the lower (GID, QPN) wins — the other
 // answers its request as the responder (`collide` tells the lower end to wait for that).
 
@@ -31,7 +32,7 @@ struct PeerEndpoint {
     var gid: ibv_gid
     var lid: UInt16
     var psn: UInt32
-    var seen: UInt64?          // nil: not known (the QP takes its receives from an SRQ)
+    var seen: UInt64?          // nil: not known (the QP's receives are not recorded)
     var acked: UInt64
     var rkeys: [(UInt32, UInt32)]
     var messages: [UInt64: (opcode: UInt32, length: UInt32, imm: UInt32)]
@@ -59,6 +60,12 @@ struct PeerEndpoint {
     }
 }
 
+/// The shim process that answers for a link's remote end: its host and service port.
+private struct PeerProcess: Hashable {
+    var host: PeerHost?
+    var port: UInt16
+}
+
 extension Runtime {
     // MARK: - This end, as the peer needs it
 
@@ -79,7 +86,11 @@ extension Runtime {
         m["gid"] = gidHex(realGID)
         m["lid"] = String(lid)
         m["psn"] = String(psn)
-        if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring {
+        // A QP's own receive ring retires in order (its head is the count); the QPs on an SRQ
+        // share its ring, so each counts the receive completions it retired.
+        if q.initAttr.srq != nil {
+            m["seen"] = String(sv_qp_recv_seen(q.ptr))
+        } else if let r = q.ptr.pointee.recv_ring {
             m["seen"] = String(sv_ring_head(r))
         } else {
             m["seen"] = "unknown"
@@ -215,6 +226,11 @@ extension Runtime {
                 remade += 1
             }
             cq?.publishPending()
+        } else if q.initAttr.srq != nil, peer.acked > sv_qp_recv_seen(q.ptr) {
+            // Which SRQ buffers the lost device filled for this QP is not known (the SRQ's QPs
+            // take its receives in an order only the device knew): not remade.
+            Log.warn("peer: \(link.label): \(peer.acked - sv_qp_recv_seen(q.ptr)) message(s) the peer saw acknowledged "
+                     + "landed in SRQ receives whose completions died with the device; they are not remade")
         }
         if skipped + remade > 0 {
             Log.info("peer: \(link.label): \(skipped) send(s) the peer already had retired, \(remade) receive completion(s) remade")
@@ -233,11 +249,12 @@ extension Runtime {
     /// buffered is re-posted and the contexts go LIVE again. One reply per request, in order.
     func answerMoved(_ requests: [DecodedPeerMessage]) -> [[UInt8]] {
         let began = monotonicNS()
-        enum Mode { case busy, collide, denied, live, recovering }
-        struct Claim {
-            var link: PeerLink?
-            var mode: Mode
-            var peer: PeerEndpoint?
+        enum Claim {
+            case denied                         // unknown link or bad authentication
+            case busy(PeerLink)                 // not now: the mover asks again
+            case collide(PeerLink)              // both ends moved: the mover waits for our request
+            case reset(PeerLink, PeerEndpoint)  // live here: reset towards the new end
+            case finish(PeerLink, PeerEndpoint) // this end moved too and waits in INIT: from RTR on
         }
         // Which links the claims name, and the contexts this answer holds (the links' that are live).
         let (claims, held): ([Claim], [ContextRecord]) = withControlLock {
@@ -247,30 +264,28 @@ extension Runtime {
                 guard m.verb == "moved", let toQPN = m.number("to_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
                       let fromQPN = m.number("from_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
                       let toGID = m["to_gid"].flatMap(gidFromHex), let peer = PeerEndpoint(m) else {
-                    return Claim(link: nil, mode: .denied, peer: nil)
+                    return .denied
                 }
                 guard let q = localQP(qpn: toQPN, gid: toGID), let link = peers.links[key(q.ptr)],
                       link.remoteQPN == fromQPN, PeerMessage.verify(d, key: link.key) else {
                     Log.warn("peer: a `moved` claim for QP \(hex(toQPN)) was refused (unknown link or bad authentication)")
-                    return Claim(link: nil, mode: .denied, peer: nil)
+                    return .denied
                 }
                 let c = q.context
-                if held.contains(where: { $0 === c }) {
-                    return Claim(link: link, mode: link.state == .ready ? .live : .busy, peer: peer)
-                }
+                if held.contains(where: { $0 === c }) { return link.state == .ready ? .reset(link, peer) : .busy(link) }
                 let st = sv_ctx_state(c.ptr)
-                if c.released || c.peerHold { return Claim(link: link, mode: .busy, peer: peer) }
+                if c.released || c.peerHold { return .busy(link) }
                 if st == SV_CTX_RECONNECTING.rawValue && link.state == .awaiting {
-                    return Claim(link: link, mode: link.introducer ? .collide : .recovering, peer: peer)
+                    return link.introducer ? .collide(link) : .finish(link, peer)
                 }
-                guard st == SV_CTX_LIVE.rawValue, link.state == .ready else { return Claim(link: link, mode: .busy, peer: peer) }
+                guard st == SV_CTX_LIVE.rawValue, link.state == .ready else { return .busy(link) }
                 // Hold the context: posts are buffered from here on, polls take the cold path.
                 c.peerHold = true
                 c.holdMarks = ringMarks(c)
                 recovery.polledSince.removeAll()
                 sv_ctx_set_state(c.ptr, SV_CTX_QUIESCING.rawValue)
                 held.append(c)
-                return Claim(link: link, mode: .live, peer: peer)
+                return .reset(link, peer)
             }
             return (claims, held)
         }
@@ -280,25 +295,23 @@ extension Runtime {
             var replies: [[UInt8]] = []
             var reset: [QPRecord] = []   // live QPs reset towards their peer's new end
             for claim in claims {
-                guard let link = claim.link, let peer = claim.peer else {
-                    replies.append(PeerMessage("denied").encoded(key: nil))
-                    continue
-                }
-                switch claim.mode {
+                let link: PeerLink, peer: PeerEndpoint, wasLive: Bool
+                switch claim {
                 case .denied: replies.append(PeerMessage("denied").encoded(key: nil)); continue
-                case .busy: replies.append(PeerMessage("busy").encoded(key: link.key)); continue
-                case .collide: replies.append(PeerMessage("collide").encoded(key: link.key)); continue
-                case .live, .recovering: break
+                case .busy(let l): replies.append(PeerMessage("busy").encoded(key: l.key)); continue
+                case .collide(let l): replies.append(PeerMessage("collide").encoded(key: l.key)); continue
+                case .reset(let l, let p): (link, peer, wasLive) = (l, p, true)
+                case .finish(let l, let p): (link, peer, wasLive) = (l, p, false)
                 }
                 let rqPSN = UInt32.random(in: 0...0xFFFFFF)
-                let rc = connect(link, to: peer, rqPSN: rqPSN, fromRTR: claim.mode == .recovering)
+                let rc = connect(link, to: peer, rqPSN: rqPSN, fromRTR: !wasLive)
                 var reply = PeerMessage(rc == 0 ? "reconnected" : "busy")
                 if rc == 0 {
                     describeEnd(link, psn: rqPSN, into: &reply)
                     applyCounts(link, peer: peer)
                     link.state = .ready
                     link.suspectSince = nil
-                    if claim.mode == .live {
+                    if wasLive {
                         reset.append(link.qp)
                     } else {
                         Log.info("peer: \(link.label): reconnected (both ends moved)")
@@ -379,9 +392,9 @@ extension Runtime {
         var attempts = 0
         while !pending.isEmpty {
             var next: [PeerLink] = []
-            for batch in batchesByPeer(pending) {
+            for (process, batch) in batchesByPeer(pending) {
                 attempts += 1
-                for (link, outcome) in zip(batch, reconnectBatch(batch)) where outcome != "reconnected" && outcome != "done" {
+                for (link, outcome) in zip(batch, reconnectBatch(batch, to: process)) where outcome != "reconnected" && outcome != "done" {
                     Log.info("peer: \(link.label): reconnect attempt \(attempts): \(outcome) after \(ms(monotonicNS() &- start))")
                     next.append(link)
                 }
@@ -403,26 +416,28 @@ extension Runtime {
         Log.info("peer: \(links.count) link(s) reconnected in \(ms(monotonicNS() &- start)) (\(attempts) exchange(s))")
     }
 
-    /// `links` grouped by the peer process that answers for them (host, service port), in order.
-    private func batchesByPeer(_ links: [PeerLink]) -> [[PeerLink]] {
-        struct Peer: Hashable { var host: PeerHost?; var port: UInt16 }
-        var order: [Peer] = [], groups: [Peer: [PeerLink]] = [:]
+    /// `links` grouped by the peer process that answers for them, in order.
+    private func batchesByPeer(_ links: [PeerLink]) -> [(PeerProcess, [PeerLink])] {
+        var order: [PeerProcess] = [], groups: [PeerProcess: [PeerLink]] = [:]
         withControlLock {
             for link in links {
-                let p = Peer(host: link.host, port: link.servicePort)
+                let p = PeerProcess(host: link.host, port: link.servicePort)
                 if groups[p] == nil { order.append(p) }
                 groups[p, default: []].append(link)
             }
         }
-        return order.map { groups[$0]! }
+        return order.map { ($0, groups[$0]!) }
     }
 
-    /// One exchange with the peer process of `batch` (one `moved` per link; several go as a
-    /// `batch`). Per link: "reconnected" or "done" when it no longer waits, else what happened.
-    private func reconnectBatch(_ batch: [PeerLink]) -> [String] {
+    /// One exchange with `process`, the peer of every link of `batch` (one `moved` per link;
+    /// several go as a `batch`). Per link: "reconnected" or "done" when it no longer waits, else
+    /// what happened.
+    private func reconnectBatch(_ batch: [PeerLink], to process: PeerProcess) -> [String] {
+        guard let host = process.host else { return batch.map { _ in "done" } }
+        let port = process.port
         let prepared: [(request: [UInt8], key: [UInt8], psn: UInt32)?] = withControlLock {
             batch.map { link in
-                guard link.state == .awaiting, link.host != nil else { return nil }
+                guard link.state == .awaiting else { return nil }
                 let psn = UInt32.random(in: 0...0xFFFFFF)
                 var m = PeerMessage("moved")
                 describeEnd(link, psn: psn, into: &m)
@@ -430,8 +445,7 @@ extension Runtime {
             }
         }
         let live = zip(batch, prepared).compactMap { link, p in p.map { (link, $0) } }
-        guard let first = live.first, let host = withControlLock({ first.0.host }) else { return batch.map { _ in "done" } }
-        let port = withControlLock { first.0.servicePort }
+        guard let first = live.first else { return batch.map { _ in "done" } }
         let sent = monotonicNS()
         let request = live.count == 1 ? first.1.request : PeerBatch.encode(live.map(\.1.request))
         let bytes = PeerSocket.exchange(host: host, port: port, request: request, timeoutMS: 1000 + 100 * Int32(min(live.count, 100)))

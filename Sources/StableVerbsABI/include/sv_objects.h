@@ -296,7 +296,13 @@ struct sv_qp {
 	void *core;
 	struct sv_wr_ring *send_ring; /* NULL: not tracked */
 	struct sv_wr_ring *recv_ring; /* the QP's own, or its SRQ's */
+	_Atomic(uint64_t) recv_seen;  /* receive completions of this QP retired (the peer protocol's
+				       * `seen` on an SRQ, whose ring the QPs share; poller) */
 };
+static inline uint64_t sv_qp_recv_seen(struct sv_qp *q)
+{
+	return atomic_load_explicit(&q->recv_seen, memory_order_acquire);
+}
 
 static inline struct sv_context *sv_context_of(struct ibv_context *c)
 {
