@@ -13,7 +13,9 @@
  *   recovery -m MODE [-n bursts] [-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i]
  *
  *   planned     stableverbs_detach(NULL) with work in flight; B posts and polls while released
- *               (buffered posts, completions kept from the released CQs); stableverbs_attach()
+ *               (buffered posts, completions kept from the released CQs) while another thread's
+ *               control verbs (query port/device/QP, reg/dereg MR, create/destroy CQ) wait for the
+ *               stableverbs_attach() that follows and then succeed
  *   fatal       the device vanishes like mlx5 (DEVICE_FATAL, QPs flushed) and comes back
  *   rxe         the device vanishes like rxe (leaves the list, PORT_ERR, removal waits for the
  *               process to close it — the shim's release lets it complete) and comes back
@@ -61,6 +63,7 @@
  */
 #include "common.h"
 #include <dlfcn.h>
+#include <pthread.h>
 #include "stableverbs.h"
 
 #define BURST 4
@@ -233,6 +236,51 @@ static void on_signal(int sig)
 		want_detach = 1;
 	else
 		want_attach = 1;
+}
+
+/* Control verbs from another thread while the device is released (planned mode): the hardware
+ * they reach is not there, so they wait for the rebuild, then do what they do natively. */
+struct control_probe {
+	struct tp_end *e;
+	double first_done; /* when the first verb (ibv_query_port) returned */
+	char failure[128];
+};
+
+static void *control_probe(void *arg)
+{
+	struct control_probe *c = arg;
+	struct tp_end *e = c->e;
+	struct ibv_port_attr pa;
+	int rc = ibv_query_port(e->dev->ctx, e->dev->port, &pa);
+	c->first_done = tp_now();
+	if (rc) {
+		snprintf(c->failure, sizeof(c->failure), "ibv_query_port: %s", strerror(rc));
+		return NULL;
+	}
+	if (pa.state != IBV_PORT_ACTIVE) {
+		snprintf(c->failure, sizeof(c->failure), "ibv_query_port: port state %d, not ACTIVE", (int)pa.state);
+		return NULL;
+	}
+	struct ibv_device_attr da;
+	if ((rc = ibv_query_device(e->dev->ctx, &da))) {
+		snprintf(c->failure, sizeof(c->failure), "ibv_query_device: %s", strerror(rc));
+		return NULL;
+	}
+	struct ibv_mr *mr = ibv_reg_mr(e->dev->pd, e->buf, 4096, IBV_ACCESS_LOCAL_WRITE);
+	if (!mr || (rc = ibv_dereg_mr(mr))) {
+		snprintf(c->failure, sizeof(c->failure), "ibv_reg_mr/ibv_dereg_mr: %s", strerror(mr ? rc : errno));
+		return NULL;
+	}
+	struct ibv_cq *cq = ibv_create_cq(e->dev->ctx, 16, NULL, NULL, 0);
+	if (!cq || (rc = ibv_destroy_cq(cq))) {
+		snprintf(c->failure, sizeof(c->failure), "ibv_create_cq/ibv_destroy_cq: %s", strerror(cq ? rc : errno));
+		return NULL;
+	}
+	struct ibv_qp_attr qa;
+	struct ibv_qp_init_attr qi;
+	if ((rc = ibv_query_qp(e->qp, &qa, IBV_QP_STATE, &qi)) || qa.qp_state != IBV_QPS_RTS)
+		snprintf(c->failure, sizeof(c->failure), "ibv_query_qp: %s, state %d", strerror(rc), rc ? -1 : (int)qa.qp_state);
+	return NULL;
 }
 
 static void maybe_attach(void)
@@ -474,8 +522,18 @@ int main(int argc, char **argv)
 				detached = 1;
 				printf("recovery: detached\n");
 			} else {
+				struct control_probe probe = {.e = &pairs[0].a};
+				pthread_t th;
+				TP_CHECK(pthread_create(&th, NULL, control_probe, &probe) == 0, "pthread_create failed");
+				usleep(50000);
+				double attach_at = tp_now();
 				rc = sv_attach();
 				check(rc == 0, "stableverbs_attach: %s", strerror(rc));
+				pthread_join(th, NULL);
+				check(probe.failure[0] == 0, "control verbs while released: %s", probe.failure);
+				check(probe.first_done >= attach_at,
+				      "ibv_query_port while released returned %.1f ms before stableverbs_attach was called",
+				      (attach_at - probe.first_done) * 1e3);
 				done++;
 			}
 		} else if (recover) {

@@ -87,8 +87,7 @@ public func sv_ibv_query_device(_ context: UnsafeMutablePointer<ibv_context>?, _
     let rt = Runtime.current
     guard let f = rt.ops.query_device else { return ENOSYS }
     guard let context, isVirtual(context) else { return f(context, attr) }
-    return withControlLock {
-        let rec = rt.contextRecord(context)
+    return rt.withHardware(of: { rt.contextRecord(context) }, gone: EIO) { rec in
         let rc = f(rec.real, attr)
         if rc == 0, let attr {
             attr.pointee.node_guid = rec.nodeGUID
@@ -120,8 +119,7 @@ public func sv_ibv_query_gid(_ context: UnsafeMutablePointer<ibv_context>?, _ po
     let rt = Runtime.current
     guard let f = rt.ops.query_gid else { return ENOSYS }
     guard let context, isVirtual(context) else { return f(context, port, index, gid) }
-    return withControlLock {
-        let rec = rt.contextRecord(context)
+    return rt.withHardware(of: { rt.contextRecord(context) }, gone: EIO) { rec in
         let rc = f(rec.real, port, index, gid)
         if rc == 0, let gid { gid.pointee = rt.virtualGID(rec, port: port, index: index, real: gid.pointee) }
         return rc
@@ -134,8 +132,7 @@ public func sv_ibv_query_gid_ex(_ context: UnsafeMutablePointer<ibv_context>?, _
     let rt = Runtime.current
     guard let f = rt.ops.query_gid_ex else { return EOPNOTSUPP }
     guard let context, isVirtual(context) else { return f(context, port, index, entry, flags, entrySize) }
-    return withControlLock {
-        let rec = rt.contextRecord(context)
+    return rt.withHardware(of: { rt.contextRecord(context) }, gone: EIO) { rec in
         let rc = f(rec.real, port, index, entry, flags, entrySize)
         if rc == 0, let entry, port <= 255 {
             entry.pointee.gid = rt.virtualGID(rec, port: UInt8(port), index: Int32(bitPattern: index), real: entry.pointee.gid)
@@ -150,8 +147,7 @@ public func sv_ibv_query_gid_table(_ context: UnsafeMutablePointer<ibv_context>?
     let rt = Runtime.current
     guard let f = rt.ops.query_gid_table else { return -Int(EOPNOTSUPP) }
     guard let context, isVirtual(context) else { return f(context, entries, max, flags, entrySize) }
-    return withControlLock {
-        let rec = rt.contextRecord(context)
+    return rt.withHardware(of: { rt.contextRecord(context) }, gone: -Int(EIO)) { rec in
         let n = f(rec.real, entries, max, flags, entrySize)
         if n > 0, let entries {
             let base = UnsafeMutableRawPointer(entries)
@@ -173,7 +169,7 @@ public func sv_ibv_query_pkey(_ context: UnsafeMutablePointer<ibv_context>?, _ p
     let rt = Runtime.current
     guard let f = rt.ops.query_pkey else { return ENOSYS }
     guard let context, isVirtual(context) else { return f(context, port, index, pkey) }
-    return f(withControlLock { rt.contextRecord(context).real }, port, index, pkey)
+    return rt.withHardware(of: { rt.contextRecord(context) }, gone: EIO) { f($0.real, port, index, pkey) }
 }
 
 @_cdecl("ibv_get_pkey_index")
@@ -181,7 +177,7 @@ public func sv_ibv_get_pkey_index(_ context: UnsafeMutablePointer<ibv_context>?,
     let rt = Runtime.current
     guard let f = rt.ops.get_pkey_index else { return -Int32(ENOSYS) }
     guard let context, isVirtual(context) else { return f(context, port, pkey) }
-    return f(withControlLock { rt.contextRecord(context).real }, port, pkey)
+    return rt.withHardware(of: { rt.contextRecord(context) }, gone: -Int32(EIO)) { f($0.real, port, pkey) }
 }
 
 @_cdecl("ibv_get_async_event")
@@ -220,9 +216,9 @@ public func sv_ibv_resolve_eth_l2_from_gid(_ context: UnsafeMutablePointer<ibv_c
         return EOPNOTSUPP
     }
     guard let context, isVirtual(context), let attr else { return f(context, attr, mac, vid) }
-    return withControlLock {
+    return rt.withHardware(of: { rt.contextRecord(context) }, gone: EIO) { rec in
         var a = attr.pointee
         if let peer = rt.localPeer(for: a, destQPN: nil) { rt.translateDown(&a, peer: peer) }
-        return f(rt.contextRecord(context).real, &a, mac, vid)
+        return f(rec.real, &a, mac, vid)
     }
 }

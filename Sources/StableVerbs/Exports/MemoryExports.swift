@@ -11,7 +11,7 @@ public func sv_ibv_alloc_pd(_ context: UnsafeMutablePointer<ibv_context>?) -> Un
         guard let f = rt.ops.alloc_pd else { setErrno(ENOSYS); return nil }
         return f(context)
     }
-    return withControlLock { rt.allocPD(rt.contextRecord(context)) }
+    return rt.withHardware(of: { rt.contextRecord(context) }, gone: nil) { rt.allocPD($0) }
 }
 
 @_cdecl("ibv_dealloc_pd")
@@ -21,7 +21,7 @@ public func sv_ibv_dealloc_pd(_ pd: UnsafeMutablePointer<ibv_pd>?) -> Int32 {
         guard let f = rt.ops.dealloc_pd else { return ENOSYS }
         return f(pd)
     }
-    return withControlLock { rt.deallocPD(pdRecord(pd)) }
+    return rt.withHardware(of: { pdRecord(pd).context }, gone: EIO) { _ in rt.deallocPD(pdRecord(pd)) }
 }
 
 @_cdecl("ibv_reg_mr")
@@ -32,7 +32,7 @@ public func sv_ibv_reg_mr(_ pd: UnsafeMutablePointer<ibv_pd>?, _ addr: UnsafeMut
         guard let f = rt.ops.reg_mr else { setErrno(ENOSYS); return nil }
         return f(pd, addr, length, access)
     }
-    return withControlLock {
+    return rt.withHardware(of: { pdRecord(pd).context }, gone: nil) { _ in
         rt.registerMR(pdRecord(pd), addr: addr, length: length, access: UInt32(bitPattern: access), kind: .plain)
     }
 }
@@ -46,7 +46,7 @@ public func sv_ibv_reg_mr_iova(_ pd: UnsafeMutablePointer<ibv_pd>?, _ addr: Unsa
         guard let f = rt.ops.reg_mr_iova2 else { setErrno(EOPNOTSUPP); return nil }
         return f(pd, addr, length, iova, UInt32(bitPattern: access))
     }
-    return withControlLock {
+    return rt.withHardware(of: { pdRecord(pd).context }, gone: nil) { _ in
         rt.registerMR(pdRecord(pd), addr: addr, length: length, access: UInt32(bitPattern: access), kind: .iova(iova))
     }
 }
@@ -59,7 +59,7 @@ public func sv_ibv_reg_mr_iova2(_ pd: UnsafeMutablePointer<ibv_pd>?, _ addr: Uns
         guard let f = rt.ops.reg_mr_iova2 else { setErrno(EOPNOTSUPP); return nil }
         return f(pd, addr, length, iova, access)
     }
-    return withControlLock {
+    return rt.withHardware(of: { pdRecord(pd).context }, gone: nil) { _ in
         rt.registerMR(pdRecord(pd), addr: addr, length: length, access: access, kind: .iova2(iova))
     }
 }
@@ -85,7 +85,7 @@ public func sv_ibv_dereg_mr(_ mr: UnsafeMutablePointer<ibv_mr>?) -> Int32 {
         guard let f = rt.ops.dereg_mr else { return ENOSYS }
         return f(mr)
     }
-    return withControlLock { rt.deregisterMR(mrRecord(mr)) }
+    return rt.withHardware(of: { mrRecord(mr).context }, gone: EIO) { _ in rt.deregisterMR(mrRecord(mr)) }
 }
 
 @_cdecl("ibv_reg_dmabuf_mr")
@@ -108,7 +108,7 @@ public func sv_ibv_create_comp_channel(_ context: UnsafeMutablePointer<ibv_conte
         guard let f = rt.ops.create_comp_channel else { setErrno(ENOSYS); return nil }
         return f(context)
     }
-    return withControlLock { rt.createChannel(rt.contextRecord(context)) }
+    return rt.withHardware(of: { rt.contextRecord(context) }, gone: nil) { rt.createChannel($0) }
 }
 
 @_cdecl("ibv_destroy_comp_channel")
@@ -118,7 +118,7 @@ public func sv_ibv_destroy_comp_channel(_ channel: UnsafeMutablePointer<ibv_comp
         guard let f = rt.ops.destroy_comp_channel else { return ENOSYS }
         return f(channel)
     }
-    return withControlLock { rt.destroyChannel(channelRecord(channel)) }
+    return rt.withHardware(of: { channelRecord(channel).context }, gone: EIO) { _ in rt.destroyChannel(channelRecord(channel)) }
 }
 
 // MARK: - Imports (sharing objects across processes by handle) are not supported.

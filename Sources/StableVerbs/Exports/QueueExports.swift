@@ -15,8 +15,8 @@ public func sv_ibv_create_cq(_ context: UnsafeMutablePointer<ibv_context>?, _ cq
         guard let f = rt.ops.create_cq else { setErrno(ENOSYS); return nil }
         return f(context, cqe, cqContext, channel, vector)
     }
-    return withControlLock {
-        rt.createCQ(rt.contextRecord(context), cqe: cqe, cqContext: cqContext, channel: channel,
+    return rt.withHardware(of: { rt.contextRecord(context) }, gone: nil) {
+        rt.createCQ($0, cqe: cqe, cqContext: cqContext, channel: channel,
                     vector: UInt32(bitPattern: vector), ex: nil)
     }
 }
@@ -28,7 +28,7 @@ public func sv_ibv_resize_cq(_ cq: UnsafeMutablePointer<ibv_cq>?, _ cqe: Int32) 
         guard let f = rt.ops.resize_cq else { return ENOSYS }
         return f(cq, cqe)
     }
-    return withControlLock { rt.resizeCQ(cqRecord(cq), cqe) }
+    return rt.withHardware(of: { cqRecord(cq).context }, gone: EIO) { _ in rt.resizeCQ(cqRecord(cq), cqe) }
 }
 
 @_cdecl("ibv_destroy_cq")
@@ -37,10 +37,11 @@ public func sv_ibv_destroy_cq(_ cq: UnsafeMutablePointer<ibv_cq>?) -> Int32 {
     guard let f = rt.ops.destroy_cq else { return ENOSYS }
     guard let cq, ownedByShim(cq) else { return f(cq) }
     // The real destroy waits for every delivered event to be acked: not under the lock.
-    let (rec, real) = withControlLock { () -> (CQRecord, UnsafeMutablePointer<ibv_cq>) in
+    let found = rt.withHardware(of: { cqRecord(cq).context }, gone: nil) { _ -> (CQRecord, UnsafeMutablePointer<ibv_cq>)? in
         let r = cqRecord(cq)
         return (r, r.real)
     }
+    guard let (rec, real) = found else { return EIO }
     let rc = f(real)
     if rc == 0 { withControlLock { rt.forgetCQ(rec) } }
     return rc
@@ -82,7 +83,7 @@ public func sv_ibv_create_qp(_ pd: UnsafeMutablePointer<ibv_pd>?, _ attr: Unsafe
         setErrno(EOPNOTSUPP)
         return nil
     }
-    return withControlLock {
+    return rt.withHardware(of: { pdRecord(pd).context }, gone: nil) { _ in
         let rec = pdRecord(pd)
         var ex = ibv_qp_init_attr_ex()
         ex.qp_context = attr.pointee.qp_context
@@ -107,7 +108,7 @@ public func sv_ibv_modify_qp(_ qp: UnsafeMutablePointer<ibv_qp>?, _ attr: Unsafe
     guard let f = rt.ops.modify_qp else { return ENOSYS }
     guard let qp, ownedByShim(qp) else { return f(qp, attr, mask) }
     guard let attr else { return f(lowerQP(qp), attr, mask) }
-    return withControlLock {
+    return rt.withHardware(of: { qpRecord(qp).context }, gone: EIO) { _ in
         let rec = qpRecord(qp)
         return rt.applyModify(rec, on: rec.real, attr: attr.pointee, mask: mask, learn: true)
     }
@@ -121,7 +122,7 @@ public func sv_ibv_query_qp(_ qp: UnsafeMutablePointer<ibv_qp>?, _ attr: UnsafeM
         guard let f = rt.ops.query_qp else { return ENOSYS }
         return f(qp, attr, mask, initAttr)
     }
-    return withControlLock { rt.queryQP(qpRecord(qp), attr, mask, initAttr) }
+    return rt.withHardware(of: { qpRecord(qp).context }, gone: EIO) { _ in rt.queryQP(qpRecord(qp), attr, mask, initAttr) }
 }
 
 @_cdecl("ibv_destroy_qp")
@@ -129,10 +130,11 @@ public func sv_ibv_destroy_qp(_ qp: UnsafeMutablePointer<ibv_qp>?) -> Int32 {
     let rt = Runtime.current
     guard let f = rt.ops.destroy_qp else { return ENOSYS }
     guard let qp, ownedByShim(qp) else { return f(qp) }
-    let (rec, real) = withControlLock { () -> (QPRecord, UnsafeMutablePointer<ibv_qp>) in
+    let found = rt.withHardware(of: { qpRecord(qp).context }, gone: nil) { _ -> (QPRecord, UnsafeMutablePointer<ibv_qp>)? in
         let r = qpRecord(qp)
         return (r, r.real)
     }
+    guard let (rec, real) = found else { return EIO }
     let rc = f(real)
     if rc == 0 { withControlLock { rt.forgetQP(rec) } }
     return rc
@@ -154,7 +156,8 @@ public func sv_ibv_qp_to_qp_ex(_ qp: UnsafeMutablePointer<ibv_qp>?) -> UnsafeMut
 public func sv_ibv_query_ece(_ qp: UnsafeMutablePointer<ibv_qp>?, _ ece: UnsafeMutablePointer<ibv_ece>?) -> Int32 {
     let rt = Runtime.current
     guard let f = rt.ops.query_ece else { return EOPNOTSUPP }
-    return f(lowerQP(qp), ece)
+    guard let qp, ownedByShim(qp) else { return f(qp, ece) }
+    return rt.withHardware(of: { qpRecord(qp).context }, gone: EIO) { _ in f(lowerQP(qp), ece) }
 }
 
 @_cdecl("ibv_set_ece")
@@ -162,7 +165,7 @@ public func sv_ibv_set_ece(_ qp: UnsafeMutablePointer<ibv_qp>?, _ ece: UnsafeMut
     let rt = Runtime.current
     guard let f = rt.ops.set_ece else { return EOPNOTSUPP }
     guard let qp, ownedByShim(qp), let ece else { return f(qp, ece) }
-    return withControlLock {
+    return rt.withHardware(of: { qpRecord(qp).context }, gone: EIO) { _ in
         let rec = qpRecord(qp)
         let rc = f(rec.real, ece)
         if rc == 0 { rec.journal.record(.setECE(ece.pointee), generation: rec.context.generation) }
@@ -181,14 +184,16 @@ public func sv_ibv_query_qp_data_in_order(_ qp: UnsafeMutablePointer<ibv_qp>?, _
 public func sv_ibv_attach_mcast(_ qp: UnsafeMutablePointer<ibv_qp>?, _ gid: UnsafePointer<ibv_gid>?, _ lid: UInt16) -> Int32 {
     let rt = Runtime.current
     guard let f = rt.ops.attach_mcast else { return ENOSYS }
-    return f(lowerQP(qp), gid, lid)
+    guard let qp, ownedByShim(qp) else { return f(qp, gid, lid) }
+    return rt.withHardware(of: { qpRecord(qp).context }, gone: EIO) { _ in f(lowerQP(qp), gid, lid) }
 }
 
 @_cdecl("ibv_detach_mcast")
 public func sv_ibv_detach_mcast(_ qp: UnsafeMutablePointer<ibv_qp>?, _ gid: UnsafePointer<ibv_gid>?, _ lid: UInt16) -> Int32 {
     let rt = Runtime.current
     guard let f = rt.ops.detach_mcast else { return ENOSYS }
-    return f(lowerQP(qp), gid, lid)
+    guard let qp, ownedByShim(qp) else { return f(qp, gid, lid) }
+    return rt.withHardware(of: { qpRecord(qp).context }, gone: EIO) { _ in f(lowerQP(qp), gid, lid) }
 }
 
 // MARK: - Shared receive queues
@@ -200,7 +205,7 @@ public func sv_ibv_create_srq(_ pd: UnsafeMutablePointer<ibv_pd>?, _ attr: Unsaf
         guard let f = rt.ops.create_srq else { setErrno(ENOSYS); return nil }
         return f(lowerPD(pd), attr)
     }
-    return withControlLock {
+    return rt.withHardware(of: { pdRecord(pd).context }, gone: nil) { _ in
         var a = attr.pointee.attr
         let s = rt.createSRQ(pdRecord(pd), &a, srqContext: attr.pointee.srq_context, ex: nil)
         if s != nil { attr.pointee.attr = a }
@@ -213,14 +218,15 @@ public func sv_ibv_modify_srq(_ srq: UnsafeMutablePointer<ibv_srq>?, _ attr: Uns
     let rt = Runtime.current
     guard let f = rt.ops.modify_srq else { return ENOSYS }
     guard let srq, ownedByShim(srq), let attr else { return f(lowerSRQ(srq), attr, mask) }
-    return withControlLock { rt.modifySRQ(srqRecord(srq), attr, mask) }
+    return rt.withHardware(of: { srqRecord(srq).context }, gone: EIO) { _ in rt.modifySRQ(srqRecord(srq), attr, mask) }
 }
 
 @_cdecl("ibv_query_srq")
 public func sv_ibv_query_srq(_ srq: UnsafeMutablePointer<ibv_srq>?, _ attr: UnsafeMutablePointer<ibv_srq_attr>?) -> Int32 {
     let rt = Runtime.current
     guard let f = rt.ops.query_srq else { return ENOSYS }
-    return f(lowerSRQ(srq), attr)
+    guard let srq, ownedByShim(srq) else { return f(srq, attr) }
+    return rt.withHardware(of: { srqRecord(srq).context }, gone: EIO) { _ in f(lowerSRQ(srq), attr) }
 }
 
 @_cdecl("ibv_destroy_srq")
@@ -228,10 +234,11 @@ public func sv_ibv_destroy_srq(_ srq: UnsafeMutablePointer<ibv_srq>?) -> Int32 {
     let rt = Runtime.current
     guard let f = rt.ops.destroy_srq else { return ENOSYS }
     guard let srq, ownedByShim(srq) else { return f(srq) }
-    let (rec, real) = withControlLock { () -> (SRQRecord, UnsafeMutablePointer<ibv_srq>) in
+    let found = rt.withHardware(of: { srqRecord(srq).context }, gone: nil) { _ -> (SRQRecord, UnsafeMutablePointer<ibv_srq>)? in
         let r = srqRecord(srq)
         return (r, r.real)
     }
+    guard let (rec, real) = found else { return EIO }
     let rc = f(real)
     if rc == 0 { withControlLock { rt.forgetSRQ(rec) } }
     return rc
@@ -246,7 +253,7 @@ public func sv_ibv_create_ah(_ pd: UnsafeMutablePointer<ibv_pd>?, _ attr: Unsafe
         guard let f = rt.ops.create_ah else { setErrno(ENOSYS); return nil }
         return f(lowerPD(pd), attr)
     }
-    return withControlLock { rt.createAH(pdRecord(pd), attr.pointee) }
+    return rt.withHardware(of: { pdRecord(pd).context }, gone: nil) { _ in rt.createAH(pdRecord(pd), attr.pointee) }
 }
 
 @_cdecl("ibv_destroy_ah")
@@ -256,7 +263,7 @@ public func sv_ibv_destroy_ah(_ ah: UnsafeMutablePointer<ibv_ah>?) -> Int32 {
         guard let f = rt.ops.destroy_ah else { return ENOSYS }
         return f(ah)
     }
-    return withControlLock { rt.destroyAH(ahRecord(ah)) }
+    return rt.withHardware(of: { ahRecord(ah).context }, gone: EIO) { _ in rt.destroyAH(ahRecord(ah)) }
 }
 
 @_cdecl("ibv_init_ah_from_wc")
@@ -267,7 +274,7 @@ public func sv_ibv_init_ah_from_wc(_ context: UnsafeMutablePointer<ibv_context>?
         guard let f = rt.ops.init_ah_from_wc else { setErrno(ENOSYS); return -1 }
         return f(context, port, wc, grh, attr)
     }
-    return withControlLock { rt.initAHFromWC(rt.contextRecord(context), port: port, wc: wc, grh: grh, attr: attr) }
+    return rt.withHardware(of: { rt.contextRecord(context) }, gone: -1) { rt.initAHFromWC($0, port: port, wc: wc, grh: grh, attr: attr) }
 }
 
 /// Implemented in the shim (init_ah_from_wc + create_ah) so both halves translate.
@@ -282,7 +289,7 @@ public func sv_ibv_create_ah_from_wc(_ pd: UnsafeMutablePointer<ibv_pd>?, _ wc: 
         if initAH(pd?.pointee.context, port, wc, grh, &attr) != 0 { return nil }
         return create(pd, &attr)
     }
-    return withControlLock {
+    return rt.withHardware(of: { pdRecord(pd).context }, gone: nil) { _ in
         let rec = pdRecord(pd)
         var attr = ibv_ah_attr()
         if rt.initAHFromWC(rec.context, port: port, wc: wc, grh: grh, attr: &attr) != 0 { return nil }

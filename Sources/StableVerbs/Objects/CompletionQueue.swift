@@ -156,8 +156,7 @@ enum CompletionQueueOps {
             return nil
         }
         let rt = Runtime.current
-        return withControlLock {
-            let rec = rt.contextRecord(ctx)
+        return rt.withHardware(of: { rt.contextRecord(ctx) }, gone: nil) { rec in
             var ex = attr.pointee
             ex.channel = nil
             ex.cq_context = nil

@@ -277,40 +277,34 @@ enum ContextOps {
         guard let ctx else { return EINVAL }
         guard isVirtual(ctx) else { return queryPortOf(real: ctx, port, attr, len) }
         let rt = Runtime.current
-        let (real, virtualLID): (UnsafeMutablePointer<ibv_context>, UInt16?) = withControlLock {
-            let rec = rt.contextRecord(ctx)
-            return (rec.real, rec.port(port)?.virtualLID)
+        return rt.withHardware(of: { rt.contextRecord(ctx) }, gone: EIO) { rec in
+            let rc = queryPortOf(real: rec.real, port, attr, len)
+            if rc == 0, let attr, let v = rec.port(port)?.virtualLID,
+               len >= MemoryLayout<ibv_port_attr>.offset(of: \ibv_port_attr.lid)! + 2 {
+                attr.pointee.lid = v
+            }
+            return rc
         }
-        let rc = queryPortOf(real: real, port, attr, len)
-        if rc == 0, let attr, let v = virtualLID,
-           len >= MemoryLayout<ibv_port_attr>.offset(of: \ibv_port_attr.lid)! + 2 {
-            attr.pointee.lid = v
-        }
-        return rc
     }
 
     static func queryDeviceEx(_ ctx: UnsafeMutablePointer<ibv_context>?,
                               _ input: UnsafePointer<ibv_query_device_ex_input>?,
                               _ attr: UnsafeMutablePointer<ibv_device_attr_ex>?, _ size: Int) -> Int32 {
         guard let ctx else { return EINVAL }
-        let real: UnsafeMutablePointer<ibv_context>
-        var guids: (UInt64, UInt64)? = nil
-        if isVirtual(ctx) {
-            let rt = Runtime.current
-            (real, guids) = withControlLock {
-                let rec = rt.contextRecord(ctx)
-                return (rec.real, (rec.nodeGUID, rec.sysImageGUID))
+        func query(_ real: UnsafeMutablePointer<ibv_context>) -> Int32 {
+            guard let vctx = verbs_get_ctx(real), let op = vctx.pointee.query_device_ex else { return EOPNOTSUPP }
+            return op(real, input, attr, size)
+        }
+        guard isVirtual(ctx) else { return query(ctx) }
+        let rt = Runtime.current
+        return rt.withHardware(of: { rt.contextRecord(ctx) }, gone: EIO) { rec in
+            let rc = query(rec.real)
+            if rc == 0, let attr {
+                attr.pointee.orig_attr.node_guid = rec.nodeGUID
+                attr.pointee.orig_attr.sys_image_guid = rec.sysImageGUID
             }
-        } else {
-            real = ctx
+            return rc
         }
-        guard let vctx = verbs_get_ctx(real), let op = vctx.pointee.query_device_ex else { return EOPNOTSUPP }
-        let rc = op(real, input, attr, size)
-        if rc == 0, let attr, let g = guids {
-            attr.pointee.orig_attr.node_guid = g.0
-            attr.pointee.orig_attr.sys_image_guid = g.1
-        }
-        return rc
     }
 }
 

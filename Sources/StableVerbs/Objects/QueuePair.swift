@@ -270,10 +270,10 @@ enum QueuePairOps {
             return nil
         }
         let rt = Runtime.current
-        return withControlLock {
+        return rt.withHardware(of: { rt.contextRecord(ctx) }, gone: nil) { rec in
             let extended = mask != ubits(IBV_QP_INIT_ATTR_PD)
             var cap = attr.pointee.cap
-            let q = rt.createQP(rt.contextRecord(ctx), pd: pdRecord(pd), attr: attr.pointee, extended: extended, capOut: &cap)
+            let q = rt.createQP(rec, pd: pdRecord(pd), attr: attr.pointee, extended: extended, capOut: &cap)
             if q != nil { attr.pointee.cap = cap }
             return q
         }

@@ -144,7 +144,7 @@ enum SharedReceiveQueueOps {
             return nil
         }
         let rt = Runtime.current
-        return withControlLock {
+        return rt.withHardware(of: { pdRecord(pd).context }, gone: nil) { _ in
             var ex = attr.pointee
             ex.srq_context = nil
             var a = attr.pointee.attr

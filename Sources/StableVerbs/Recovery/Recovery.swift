@@ -130,6 +130,8 @@ final class RecoveryState {
     let deviceWaitNS: UInt64
     let matchWaitNS: UInt64
     let rescanNS: UInt64
+    /// How long a control verb waits for the hardware a recovery took away (HardwareGate.swift).
+    let controlWaitNS: UInt64
     /// Serialises recoveries (not the control lock: device waits run without that).
     let mutex: UnsafeMutablePointer<pthread_mutex_t>
 
@@ -145,6 +147,7 @@ final class RecoveryState {
         deviceWaitNS = number("STABLEVERBS_DEVICE_WAIT_MS", 60_000) * 1_000_000
         matchWaitNS = number("STABLEVERBS_MATCH_WAIT_MS", 1000) * 1_000_000
         rescanNS = number("STABLEVERBS_RESCAN_MS", 500) * 1_000_000
+        controlWaitNS = number("STABLEVERBS_CONTROL_WAIT_MS", 60_000) * 1_000_000
         mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)
         epochFD = sv_eventfd(0, 0)

@@ -1,0 +1,42 @@
+// Control verbs while a recovery has the hardware away.
+//
+// A released context has no real objects: its records still point at the ones the release
+// destroyed (and at the closed real context). A control verb — create, modify, query, destroy —
+// reaches those, so it must not run then. Like a post, which is buffered, it waits: from the moment
+// an unplanned recovery takes the context (state RELEASED) or a detach released it, until the
+// rebuild is committed (the recovery holds the control lock while it rebuilds, so the verb then
+// meets either the old objects or the new ones, never half of each). The wait is bounded by
+// STABLEVERBS_CONTROL_WAIT_MS (60 s): past it the verb fails with EIO, what a removed device
+// answers natively.
+
+import Glibc
+import StableVerbsABI
+
+extension Runtime {
+    /// Runs `body` under the control lock with the real objects of the context `record()` names
+    /// in place, waiting for the rebuild while a recovery has them away. Past the bound: `gone`,
+    /// with errno EIO.
+    func withHardware<T>(of record: () -> ContextRecord, gone: T, _ body: (ContextRecord) -> T) -> T {
+        var deadline: UInt64 = 0
+        while true {
+            sv_control_lock()
+            let c = record()
+            if !c.released && sv_ctx_state(c.ptr) != SV_CTX_RELEASED.rawValue {
+                defer { sv_control_unlock() }
+                return body(c)
+            }
+            let name = c.currentDeviceName
+            sv_control_unlock()
+            let now = monotonicNS()
+            if deadline == 0 {
+                deadline = now &+ recovery.controlWaitNS
+                Log.info("a control verb waits for \(name) to be rebuilt (up to \(recovery.controlWaitNS / 1_000_000) ms)")
+            } else if now >= deadline {
+                Log.warn("a control verb gave up waiting for \(name) after \(recovery.controlWaitNS / 1_000_000) ms: EIO")
+                setErrno(EIO)
+                return gone
+            }
+            usleep(1000)
+        }
+    }
+}
