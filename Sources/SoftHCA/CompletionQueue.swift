@@ -74,6 +74,14 @@ final class CompletionQueue {
     /// The completion being read between start_poll and end_poll.
     var current: ibv_wc?
 
+    /// Drops the unpolled completions of sends (`sends`) or of receives: the device died before
+    /// writing them (Removal.fatalLosingCompletions).
+    func lose(sends: Bool) {
+        let recv = IBV_WC_RECV.rawValue
+        entries = entries[head...].filter { ($0.wc.opcode.rawValue & recv != 0) == sends }
+        head = 0
+    }
+
     init(context: Context, capacity: Int, cqContext: UnsafeMutableRawPointer?, channel: CompletionChannel?,
          extended: Bool, wcFlags: UInt64) {
         self.context = context

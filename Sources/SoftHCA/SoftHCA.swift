@@ -71,6 +71,11 @@ public enum SoftHCA {
         /// still pollable), every later command on its objects fails with EIO, and destroying them
         /// fails with EIO unless `allowDisassociatedDestroy`. Peers' RC QPs fail with retry errors.
         case fatal
+        /// `fatal`, and the hardware died before it wrote the completions of one kind that had
+        /// not been polled yet (`sends`: a requester's — the messages were delivered, the
+        /// acknowledgements never reached it; else a responder's receives — the data landed, the
+        /// sender saw it acknowledged): they are gone, not flushed.
+        case fatalLosingCompletions(sends: Bool)
         /// Like rxe (no disassociate): the device leaves the device list and its ports go down
         /// (IBV_EVENT_PORT_ERR if `portEvent`), but its objects stay usable locally; the removal
         /// completes when every context on it is closed (`removalPending`).
@@ -90,7 +95,10 @@ public enum SoftHCA {
             d.present = false
             let contexts = fabric.contexts.values.filter { $0.device === d }
             switch how {
-            case .fatal:
+            case .fatal, .fatalLosingCompletions:
+                if case .fatalLosingCompletions(let sends) = how {
+                    for cq in fabric.cqs.values where cq.context.device === d { cq.lose(sends: sends) }
+                }
                 for c in contexts {
                     c.dead = true
                     c.post(IBV_EVENT_DEVICE_FATAL)

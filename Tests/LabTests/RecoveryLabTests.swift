@@ -85,9 +85,9 @@ extension LabTests {
     /// (b) The NIC under rxe0 is hot-unplugged (QMP device_del) while rxe0 is in use — a VF pulled
     /// from under the application: the guest's removal waits for the shim; a new NIC with another
     /// MAC is plugged in, addressed, rxe0 made on it, and the shim moves onto it. The link dies
-    /// with the NIC, before the shim can let in-flight work settle: a message delivered (an atomic
-    /// executed) whose acknowledgement died with it is replayed — phase A is at-least-once there
-    /// (DESIGN §4; exact counts are the peer protocol's), so the program runs with -t: such
+    /// with the NIC, before the shim can let in-flight work settle: a SEND B completed is not sent
+    /// again (each end's count from the other's rings), but an atomic executed whose response died
+    /// with the link is executed again (its result is gone) — so the program runs with -t: such
     /// duplicates are counted and shown, anything lost, corrupted or out of order still fails.
     @Test("(b) NIC hot-unplugged under rxe0 and replaced by one with another MAC, 3 times (4 QP pairs)", .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
     func nicReplaced() async throws {

@@ -22,6 +22,11 @@
  *   rename      fatal, and it comes back under another name with new GUID/LIDs/GIDs
  *               (run with STABLEVERBS_MATCH=any)
  *   failrebuild fatal, and the first create_qp of the rebuild fails with EIO (retried)
+ *   lostacks    fatal, and the device dies before writing A's send completions not polled yet:
+ *               B has the messages, A never saw them acknowledged (the shim must not send a SEND
+ *               B completed again; atomics are executed again: run with -t)
+ *   lostrecvs   fatal, and the device dies before writing B's receive completions not polled
+ *               yet: the data landed, A saw it acknowledged (the shim must make them again)
  *   external    the losses come from outside (a real device deleted, a NIC unplugged): the
  *               workload runs until stableverbs_recovery_stats counts -k recoveries, then -x more
  *               bursts (default 3). Needs no test entry point of the software HCA. SIGUSR1 asks the
@@ -46,8 +51,9 @@
  * -t tolerates duplicates of work in flight at a loss (at least once instead of exactly once): a
  * SEND received again, a FETCH_AND_ADD executed again (the later ones then return one more) are
  * counted and reported, not errors; anything lost, corrupted or out of order still is. For
- * devices that die with work in flight (a NIC pulled: a message delivered, or an atomic executed,
- * whose acknowledgement died with the link), which phase A cannot make exactly-once.
+ * devices that die with work in flight (a NIC pulled: an atomic executed whose response died with
+ * the link is executed again; a SEND is not — the shim counts what B completed — and the count
+ * of SENDs received twice shows it).
  *
  * After every recovery it prints one line (the stats of that recovery, from
  * stableverbs_recovery_stats, and the blackout: from the moment the shim found the device again
@@ -351,8 +357,8 @@ static void b_post_recv(struct pair *p, int count)
 		tp_post_recv(&p->b, p->b_slot % (2 * BURST), p->b.buf + B_RECV_OFF + (p->b_slot % (2 * BURST)) * SLOT, SLOT);
 }
 
-enum mode { PLANNED, FATAL, RXE, RENAME, FAILREBUILD, EXTERNAL };
-static const char *mode_names[] = {"planned", "fatal", "rxe", "rename", "failrebuild", "external"};
+enum mode { PLANNED, FATAL, RXE, RENAME, FAILREBUILD, EXTERNAL, LOSTACKS, LOSTRECVS };
+static const char *mode_names[] = {"planned", "fatal", "rxe", "rename", "failrebuild", "external", "lostacks", "lostrecvs"};
 
 int main(int argc, char **argv)
 {
@@ -538,7 +544,7 @@ int main(int argc, char **argv)
 			}
 		} else if (recover) {
 			const char *dev = da.name;
-			int rc = sh_remove(dev, mode == RXE ? 1 : 0);
+			int rc = sh_remove(dev, mode == RXE ? 1 : mode == LOSTACKS ? 3 : mode == LOSTRECVS ? 4 : 0);
 			TP_CHECK(rc == 0, "removing %s failed: %s", dev, strerror(rc));
 			if (mode == FAILREBUILD)
 				TP_CHECK(sh_fail("create_qp", EIO, 1, 0) == 0, "fault injection failed");

@@ -118,6 +118,23 @@ struct RecoveryTests {
         if let b = out.line(startingWith: "recovery: blackout median") { print("\(mode), 500 pairs, 1000 more MRs: \(b)") }
     }
 
+    /// Both ends in this process, and the device dies before it writes the completions of one side
+    /// (not flushed: gone). lostacks: A never saw its delivered SENDs acknowledged — each end's
+    /// count from the other's rings retires them (else B gets them twice: 6 here); atomics before
+    /// them are executed again (their results died; -t counts them). lostrecvs: B's receive
+    /// completions died after A saw the messages acknowledged — remade (else lost: B stalls).
+    @Test("completions lost with the device: SENDs once, receive completions remade", arguments: ["lostacks", "lostrecvs"])
+    func lostCompletions(mode: String) throws {
+        let out = try Harness.runProgram("recovery", ["-m", mode, "-q", "4", "-t"], setup: .ibOneDevice,
+                                         extraEnvironment: recoveryEnvironment)
+        #expect(out.status == 0 && !out.timedOut, "\(mode): \(out)")
+        #expect(out.line(startingWith: "recovery: \(mode), 192 messages, 3 recoveries, 1 devices, 0 errors") != nil, "\(out)")
+        #expect(out.line(startingWith: "recovery: duplicates of work in flight at a loss (-t): 0 SEND(s) received twice") != nil,
+                "\(mode): a SEND was delivered twice: \(out)")
+        let counted = mode == "lostacks" ? "4 send(s) the peer already had retired" : "2 receive completion(s) remade"
+        #expect(out.stderr.components(separatedBy: counted).count - 1 == 12, "\(mode): 4 pairs × 3 losses × \"\(counted)\": \(out)")
+    }
+
     /// A real call failing during the rebuild (create_qp → EIO) is rolled back and retried.
     @Test("a real call failing during the rebuild is retried", arguments: [Setup.ibOneDevice, .ethTwoDevices])
     func failingRebuild(setup: Setup) throws {

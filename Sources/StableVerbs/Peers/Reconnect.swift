@@ -32,10 +32,8 @@ struct PeerEndpoint {
     var gid: ibv_gid
     var lid: UInt16
     var psn: UInt32
-    var seen: UInt64?          // nil: not known (the QP's receives are not recorded)
-    var acked: UInt64
+    var counts: PeerCounts
     var rkeys: [(UInt32, UInt32)]
-    var messages: [UInt64: (opcode: UInt32, length: UInt32, imm: UInt32)]
 
     init?(_ m: PeerMessage) {
         guard let qpn = m.number("qpn"), let gid = m["gid"].flatMap(gidFromHex), let lid = m.number("lid"),
@@ -44,20 +42,26 @@ struct PeerEndpoint {
         self.gid = gid
         self.lid = UInt16(truncatingIfNeeded: lid)
         self.psn = UInt32(truncatingIfNeeded: psn) & 0xFFFFFF
-        self.seen = m["seen"] == "unknown" ? nil : m.number("seen")
-        self.acked = acked
+        counts = PeerCounts(seen: m["seen"] == "unknown" ? nil : m.number("seen"), acked: acked, messages: [:])
         rkeys = (m["rkeys"] ?? "").split(separator: ",").compactMap { p in
             let kv = p.split(separator: ":")
             guard kv.count == 2, let v = UInt32(kv[0]), let r = UInt32(kv[1]) else { return nil }
             return (v, r)
         }
-        messages = [:]
         for p in (m["msgs"] ?? "").split(separator: ",") {
             let f = p.split(separator: ":").compactMap { UInt64($0) }
             guard f.count == 4 else { continue }
-            messages[f[0]] = (UInt32(truncatingIfNeeded: f[1]), UInt32(truncatingIfNeeded: f[2]), UInt32(truncatingIfNeeded: f[3]))
+            counts.messages[f[0]] = (UInt32(truncatingIfNeeded: f[1]), UInt32(truncatingIfNeeded: f[2]), UInt32(truncatingIfNeeded: f[3]))
         }
     }
+}
+
+/// What one end of a connection tells the other about the traffic between them (see the header).
+struct PeerCounts {
+    var seen: UInt64?          // receives this end completed; nil: not known (not recorded)
+    var acked: UInt64          // receive-consuming messages of its send queue known complete
+    /// The last acked ones still in its ring, by msgno: opcode, length, immediate.
+    var messages: [UInt64: (opcode: UInt32, length: UInt32, imm: UInt32)]
 }
 
 /// The shim process that answers for a link's remote end: its host and service port.
@@ -86,37 +90,42 @@ extension Runtime {
         m["gid"] = gidHex(realGID)
         m["lid"] = String(lid)
         m["psn"] = String(psn)
+        let counts = self.counts(of: q)
+        m["seen"] = counts.seen.map { String($0) } ?? "unknown"
+        m["acked"] = String(counts.acked)
+        m["msgs"] = counts.messages.sorted { $0.key > $1.key }
+            .map { "\($0.key):\($0.value.opcode):\($0.value.length):\($0.value.imm)" }.joined(separator: ",")
+        m["rkeys"] = c.mrs.values.map { "\($0.ptr.pointee.mr.rkey):\($0.ptr.pointee.real?.pointee.rkey ?? 0)" }.joined(separator: ",")
+    }
+
+    /// The counts `q`'s end reports (control lock).
+    func counts(of q: QPRecord) -> PeerCounts {
+        var counts = PeerCounts(seen: nil, acked: 0, messages: [:])
         // A QP's own receive ring retires in order (its head is the count); the QPs on an SRQ
         // share its ring, so each counts the receive completions it retired.
         if q.initAttr.srq != nil {
-            m["seen"] = String(sv_qp_recv_seen(q.ptr))
+            counts.seen = sv_qp_recv_seen(q.ptr)
         } else if let r = q.ptr.pointee.recv_ring {
-            m["seen"] = String(sv_ring_head(r))
-        } else {
-            m["seen"] = "unknown"
+            counts.seen = sv_ring_head(r)
         }
-        var acked: UInt64 = 0
-        var msgs: [String] = []
         if let r = q.ptr.pointee.send_ring {
             let head = sv_ring_head(r), tail = sv_ring_tail(r)
-            acked = head != tail ? sv_ring_at(r, head).pointee.msgno : r.pointee.msg_count
+            counts.acked = head != tail ? sv_ring_at(r, head).pointee.msgno : r.pointee.msg_count
             // The last acked receive-consuming messages still in the ring (entries before head
             // survive until the ring wraps over them).
             let oldest = tail >= UInt64(r.pointee.capacity) ? tail - UInt64(r.pointee.capacity) : 0
             var i = head
-            while i > oldest && msgs.count < 64 {
+            while i > oldest && counts.messages.count < 64 {
                 i -= 1
                 let e = sv_ring_at(r, i)!
                 let w = e.pointee.wr.send
                 guard sv_opcode_consumes(w.opcode) != 0 else { continue }
                 var len: UInt32 = e.pointee.inline_len
                 if len == 0 { for k in 0..<Int(max(0, w.num_sge)) { len &+= sv_ring_sges(e)[k].length } }
-                msgs.append("\(e.pointee.msgno):\(w.opcode.rawValue):\(len):\(w.imm_data)")
+                counts.messages[e.pointee.msgno] = (w.opcode.rawValue, len, w.imm_data)
             }
         }
-        m["acked"] = String(acked)
-        m["msgs"] = msgs.joined(separator: ",")
-        m["rkeys"] = c.mrs.values.map { "\($0.ptr.pointee.mr.rkey):\($0.ptr.pointee.real?.pointee.rkey ?? 0)" }.joined(separator: ",")
+        return counts
     }
 
     // MARK: - Bringing a QP to RTS towards the peer's new end
@@ -163,9 +172,10 @@ extension Runtime {
     // MARK: - Counts
 
     /// Retires what the peer already has (see the header) and remakes the receive completions that
-    /// died with our device. Control lock; the QP's queues are not in use by hardware.
-    func applyCounts(_ link: PeerLink, peer: PeerEndpoint) {
-        let q = link.qp
+    /// died with our device. `replayAtomics`: an atomic the peer executed is posted again rather
+    /// than completed without its result (both ends in this process, phase A). Control lock; the
+    /// QP's queues are not in use by hardware.
+    func applyCounts(_ q: QPRecord, label: String, _ peer: PeerCounts, replayAtomics: Bool = false) {
         var skipped = 0, remade = 0
         if let seen = peer.seen, let r = q.ptr.pointee.send_ring {
             let sigAll = r.pointee.sig_all != 0
@@ -180,7 +190,10 @@ extension Runtime {
                 guard e.pointee.msgno < seen else { break }
                 let w = e.pointee.wr.send
                 if w.opcode == IBV_WR_RDMA_READ { continue }  // re-read when replayed
-                if w.opcode == IBV_WR_ATOMIC_CMP_AND_SWP || w.opcode == IBV_WR_ATOMIC_FETCH_AND_ADD { atomicsLost += 1 }
+                if w.opcode == IBV_WR_ATOMIC_CMP_AND_SWP || w.opcode == IBV_WR_ATOMIC_FETCH_AND_ADD {
+                    if replayAtomics { continue }
+                    atomicsLost += 1
+                }
                 e.pointee.done = 1
                 skipped += 1
                 if sigAll || w.send_flags & UInt32(IBV_SEND_SIGNALED.rawValue) != 0, let cq {
@@ -195,7 +208,7 @@ extension Runtime {
             sv_ring_settle(r)
             cq?.publishPending()
             if atomicsLost > 0 {
-                Log.warn("peer: \(link.label): \(atomicsLost) atomic(s) executed by the peer lost their results with the device (not executed again)")
+                Log.warn("peer: \(label): \(atomicsLost) atomic(s) executed by the peer lost their results with the device (not executed again)")
             }
         }
         if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring {
@@ -217,7 +230,7 @@ extension Runtime {
                         wc.imm_data = d.imm
                     }
                 } else {
-                    Log.warn("peer: \(link.label): message \(seen) delivered but not described by the peer: its length is reported as 0")
+                    Log.warn("peer: \(label): message \(seen) delivered but not described by the peer: its length is reported as 0")
                 }
                 cq.pending.append(wc)
                 e.pointee.done = 1
@@ -229,11 +242,11 @@ extension Runtime {
         } else if q.initAttr.srq != nil, peer.acked > sv_qp_recv_seen(q.ptr) {
             // Which SRQ buffers the lost device filled for this QP is not known (the SRQ's QPs
             // take its receives in an order only the device knew): not remade.
-            Log.warn("peer: \(link.label): \(peer.acked - sv_qp_recv_seen(q.ptr)) message(s) the peer saw acknowledged "
+            Log.warn("peer: \(label): \(peer.acked - sv_qp_recv_seen(q.ptr)) message(s) the peer saw acknowledged "
                      + "landed in SRQ receives whose completions died with the device; they are not remade")
         }
         if skipped + remade > 0 {
-            Log.info("peer: \(link.label): \(skipped) send(s) the peer already had retired, \(remade) receive completion(s) remade")
+            Log.info("peer: \(label): \(skipped) send(s) the peer already had retired, \(remade) receive completion(s) remade")
         }
     }
 
@@ -308,7 +321,7 @@ extension Runtime {
                 var reply = PeerMessage(rc == 0 ? "reconnected" : "busy")
                 if rc == 0 {
                     describeEnd(link, psn: rqPSN, into: &reply)
-                    applyCounts(link, peer: peer)
+                    applyCounts(link.qp, label: link.label, peer.counts)
                     link.state = .ready
                     link.suspectSince = nil
                     if wasLive {
@@ -485,7 +498,7 @@ extension Runtime {
                 if !fromRTR { Log.info("peer: \(link.label): our request crossed the peer's: connecting again with its answer") }
                 let rc = connect(link, to: peer, rqPSN: psn, fromRTR: fromRTR)
                 if rc != 0 { return "local QP transition failed (errno \(rc))" }
-                applyCounts(link, peer: peer)
+                applyCounts(link.qp, label: link.label, peer.counts)
                 link.state = .ready
                 Log.info("peer: \(link.label): reconnected (peer's real QPN \(hex(peer.qpn)))")
                 return "reconnected"

@@ -527,20 +527,11 @@ extension Runtime {
             recovery.bufferedFrom[UInt(bitPattern: r)] ?? sv_ring_tail(r)
         }
         let marks: [Mark] = withControlLock {
-            // Each peer context's QPs by virtual QPN, built once (thousands of QPs: no linear search per QP).
-            var byQPN: [ObjectIdentifier: [UInt32: QPRecord]] = [:]
-            func qp(_ c: ContextRecord, _ qpn: UInt32) -> QPRecord? {
-                let id = ObjectIdentifier(c)
-                if byQPN[id] == nil {
-                    byQPN[id] = Dictionary(c.qps.values.map { ($0.virtualQPN, $0) }, uniquingKeysWith: { a, _ in a })
-                }
-                return byQPN[id]![qpn]
-            }
+            var index = QPNIndex()
             return group.flatMap { c in
                 c.qps.values.compactMap { q -> Mark? in
                     guard let r = q.ptr.pointee.send_ring else { return nil }
-                    let peer = q.isConnected ? q.peerContext.flatMap { pc in q.lastDestQPN.flatMap { qp(pc, $0) } } : nil
-                    let pr = peer?.ptr.pointee.recv_ring
+                    let pr = index.peer(of: q)?.ptr.pointee.recv_ring
                     return Mark(ring: r, end: handed(r), peerRecv: pr, peerEnd: pr.map(handed) ?? 0)
                 }
             }
@@ -806,6 +797,7 @@ extension Runtime {
         // Replay: receives first (every context), then sends; then LIVE.
         let p0 = monotonicNS()
         let replayed: UInt64 = withControlLock {
+            applyInProcessCounts(group)
             var n: UInt64 = 0
             for c in group {
                 for srq in c.nextOrder(c.srqs, { $0.sequence }) {
@@ -844,6 +836,26 @@ extension Runtime {
                  + "rebuild \(ms(times.rebuild)), reconnect \(ms(times.reconnect)), replay \(ms(times.replay)) "
                  + "(\(replayed) work request(s) re-posted, \(attempts) rebuild attempt(s))")
         return 0
+    }
+
+    /// Connections with both ends in this process: before the replay, each end learns from the
+    /// other's rings what the peer protocol's counts would tell it (Peers/Reconnect.swift): a SEND
+    /// the receiver already completed is not sent again, a receive completion that died with the
+    /// device after the sender saw the message acknowledged is made again. An atomic the responder
+    /// executed is posted again (at least once: its result died with the device). Control lock.
+    private func applyInProcessCounts(_ group: [ContextRecord]) {
+        var index = QPNIndex()
+        let members = Set(group.map { ObjectIdentifier($0) })
+        var told: [(QPRecord, PeerCounts)] = []
+        for c in group {
+            for q in c.nextOrder(c.qps, { $0.sequence }) {
+                guard let peer = index.peer(of: q), members.contains(ObjectIdentifier(peer.context)) else { continue }
+                told.append((q, counts(of: peer)))  // every count read before any is applied
+            }
+        }
+        for (q, counts) in told {
+            applyCounts(q, label: "QP \(hex(q.virtualQPN)) (in-process peer)", counts, replayAtomics: true)
+        }
     }
 
     /// Wakes threads waiting for completion events (on the old files, or for completions a
@@ -1190,4 +1202,24 @@ extension Runtime {
 func ms(_ ns: UInt64) -> String {
     let us = ns / 1000
     return "\(us / 1000).\(String(us % 1000 + 1000).dropFirst()) ms"
+}
+
+/// Virtual QPN → QP record per context, each built on first use (thousands of QPs: no linear
+/// search per QP). Control lock.
+struct QPNIndex {
+    private var byContext: [ObjectIdentifier: [UInt32: QPRecord]] = [:]
+
+    mutating func qp(_ c: ContextRecord, _ qpn: UInt32) -> QPRecord? {
+        let id = ObjectIdentifier(c)
+        if byContext[id] == nil {
+            byContext[id] = Dictionary(c.qps.values.map { ($0.virtualQPN, $0) }, uniquingKeysWith: { a, _ in a })
+        }
+        return byContext[id]![qpn]
+    }
+
+    /// The QP at the other end of `q`'s connection when that end is in this process.
+    mutating func peer(of q: QPRecord) -> QPRecord? {
+        guard q.isConnected, let pc = q.peerContext, let d = q.lastDestQPN else { return nil }
+        return qp(pc, d)
+    }
 }

@@ -56,7 +56,8 @@ extension StableVerbs {
 // ENOTSUP):
 //   int stableverbs_softhca_remove_device(const char *name, int mode);
 //         mode 0: fatal (mlx5-like: DEVICE_FATAL, QPs in error), 1: rxe-like (leaves the list,
-//         ports down, PORT_ERR, removal waits for the contexts to close), 2: as 1 without the event
+//         ports down, PORT_ERR, removal waits for the contexts to close), 2: as 1 without the event,
+//         3 / 4: as 0, and the completions of sends / of receives not polled yet are lost
 //   int stableverbs_softhca_restore_device(const char *name, const char *new_name_or_null, int new_identity);
 //   int stableverbs_softhca_removal_pending(const char *name);   1 while an rxe-like removal waits
 //   int stableverbs_softhca_fail(const char *entry, int err, int count, int skip);
@@ -70,7 +71,13 @@ private func softHCAActive() -> Bool {
 public func sv_softhca_remove_device(_ name: UnsafePointer<CChar>?, _ mode: Int32) -> Int32 {
     guard softHCAActive() else { return ENOTSUP }
     guard let name else { return EINVAL }
-    let how: SoftHCA.Removal = mode == 0 ? .fatal : .waitForClose(portEvent: mode == 1)
+    let how: SoftHCA.Removal
+    switch mode {
+    case 0: how = .fatal
+    case 1, 2: how = .waitForClose(portEvent: mode == 1)
+    case 3, 4: how = .fatalLosingCompletions(sends: mode == 3)
+    default: return EINVAL
+    }
     return SoftHCA.removeDevice(String(cString: name), how) ? 0 : ENODEV
 }
 
