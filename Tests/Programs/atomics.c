@@ -115,28 +115,14 @@ static void run(struct tp_dev *da, struct tp_dev *db, int ex, int iters)
 	tp_end_destroy(&b, 1);
 }
 
+/* Both devices must do atomics. */
+static void vet(struct tp_dev *a, struct tp_dev *b)
+{
+	TP_CHECK(a->dattr.atomic_cap != IBV_ATOMIC_NONE && b->dattr.atomic_cap != IBV_ATOMIC_NONE,
+		 "the device does not support atomics (atomic_cap NONE)");
+}
+
 int main(int argc, char **argv)
 {
-	int iters = 100, from = 0, to = 1, opt;
-	while ((opt = getopt(argc, argv, "n:lx")) != -1) {
-		switch (opt) {
-		case 'n': iters = atoi(optarg); break;
-		case 'l': from = to = 0; break;
-		case 'x': from = to = 1; break;
-		default: fprintf(stderr, "usage: atomics [-n iterations] [-l | -x]\n"); return 2;
-		}
-	}
-	tp_start("atomics", 60);
-	struct tp_dev da, dbs, *db;
-	tp_open(&da, &dbs, &db);
-	TP_CHECK(da.dattr.atomic_cap != IBV_ATOMIC_NONE && db->dattr.atomic_cap != IBV_ATOMIC_NONE,
-		 "the device does not support atomics (atomic_cap NONE)");
-	for (int ex = from; ex <= to; ex++)
-		run(&da, db, ex, iters);
-	if (db != &da)
-		tp_close_dev(db);
-	tp_close_dev(&da);
-	printf("atomics: %d iterations x %d APIs (cmp_and_swp, fetch_and_add), %d errors\n", iters,
-	       to - from + 1, errors);
-	return errors ? 1 : 0;
+	return tp_main_each_api(argc, argv, "atomics", 100, "cmp_and_swp, fetch_and_add", run, vet, &errors);
 }

@@ -616,4 +616,36 @@ TP_UNUSED static int tp_verify(const void *buf, size_t len, uint32_t seed, const
 	return 1;
 }
 
+/* The main of a program that exercises its ops through each API in turn — the legacy verbs
+ * (ex 0), then the ibv_wr_* builders (ex 1) — between the devices tp_open gives:
+ *   NAME [-n iterations] [-l | -x]      -l: the legacy API only, -x: ibv_wr_* only
+ * `vet` (may be NULL) checks the devices first; the summary line is
+ * "NAME: N iterations x K APIs (OPS), E errors", and the exit status 1 when *errors > 0. */
+typedef void (*tp_api_run)(struct tp_dev *a, struct tp_dev *b, int ex, int iters);
+TP_UNUSED static int tp_main_each_api(int argc, char **argv, const char *name, int iters, const char *ops,
+				      tp_api_run run, void (*vet)(struct tp_dev *a, struct tp_dev *b), const int *errors)
+{
+	int from = 0, to = 1, opt;
+	while ((opt = getopt(argc, argv, "n:lx")) != -1) {
+		switch (opt) {
+		case 'n': iters = atoi(optarg); break;
+		case 'l': from = to = 0; break;
+		case 'x': from = to = 1; break;
+		default: fprintf(stderr, "usage: %s [-n iterations] [-l | -x]\n", name); return 2;
+		}
+	}
+	tp_start(name, 60);
+	struct tp_dev da, dbs, *db;
+	tp_open(&da, &dbs, &db);
+	if (vet)
+		vet(&da, db);
+	for (int ex = from; ex <= to; ex++)
+		run(&da, db, ex, iters);
+	if (db != &da)
+		tp_close_dev(db);
+	tp_close_dev(&da);
+	printf("%s: %d iterations x %d APIs (%s), %d errors\n", name, iters, to - from + 1, ops, *errors);
+	return *errors ? 1 : 0;
+}
+
 #endif /* SVTEST_COMMON_H */

@@ -158,24 +158,5 @@ static void run(struct tp_dev *da, struct tp_dev *db, int ex, int iters)
 
 int main(int argc, char **argv)
 {
-	int iters = 200, from = 0, to = 1, opt;
-	while ((opt = getopt(argc, argv, "n:lx")) != -1) {
-		switch (opt) {
-		case 'n': iters = atoi(optarg); break;
-		case 'l': from = to = 0; break;
-		case 'x': from = to = 1; break;
-		default: fprintf(stderr, "usage: ud [-n iterations] [-l | -x]\n"); return 2;
-		}
-	}
-	tp_start("ud", 60);
-	struct tp_dev da, dbs, *db;
-	tp_open(&da, &dbs, &db);
-	for (int ex = from; ex <= to; ex++)
-		run(&da, db, ex, iters);
-	if (db != &da)
-		tp_close_dev(db);
-	tp_close_dev(&da);
-	printf("ud: %d iterations x %d APIs (send, send_with_imm, ah_from_wc), %d errors\n", iters, to - from + 1,
-	       errors);
-	return errors ? 1 : 0;
+	return tp_main_each_api(argc, argv, "ud", 200, "send, send_with_imm, ah_from_wc", run, NULL, &errors);
 }
