@@ -68,8 +68,10 @@ static inline void one_sge(struct sv_ring_entry *e, uint32_t lkey, uint64_t addr
 	e->wr.send.num_sge = 1;
 }
 
-__attribute__((noinline)) static uint64_t record_send_list(struct sv_wr_ring *r, const struct ibv_send_wr *wr);
-__attribute__((noinline)) static uint64_t record_recv_list(struct sv_wr_ring *r, const struct ibv_recv_wr *wr);
+__attribute__((noinline)) static uint64_t record_send_list(struct sv_wr_ring *r, const struct ibv_send_wr *wr,
+							    const struct ibv_send_wr *stop);
+__attribute__((noinline)) static uint64_t record_recv_list(struct sv_wr_ring *r, const struct ibv_recv_wr *wr,
+							    const struct ibv_recv_wr *stop);
 
 /* The entry at the tail (the poster's) when the ring has room, else NULL. */
 static inline struct sv_ring_entry *next_free(struct sv_wr_ring *r, uint64_t *tail)
@@ -117,7 +119,7 @@ __attribute__((noinline)) static uint64_t record_send_one_inline(struct sv_wr_ri
 uint64_t sv_ring_record_send(struct sv_wr_ring *r, const struct ibv_send_wr *wr)
 {
 	if (wr->next || (uint32_t)wr->num_sge > 1 || (uint32_t)wr->num_sge > r->max_sge)
-		return record_send_list(r, wr);
+		return record_send_list(r, wr, NULL);
 	if (wr->send_flags & IBV_SEND_INLINE)
 		return record_send_one_inline(r, wr);
 	return record_send_one(r, wr, 0);
@@ -142,7 +144,7 @@ static inline void fill_recv(struct sv_ring_entry *e, const struct ibv_recv_wr *
 uint64_t sv_ring_record_recv(struct sv_wr_ring *r, const struct ibv_recv_wr *wr)
 {
 	if (wr->next || wr->num_sge != 1 || r->max_sge < 1)
-		return record_recv_list(r, wr);
+		return record_recv_list(r, wr, NULL);
 	uint64_t tail;
 	struct sv_ring_entry *e = next_free(r, &tail);
 	if (!e)
@@ -152,13 +154,24 @@ uint64_t sv_ring_record_recv(struct sv_wr_ring *r, const struct ibv_recv_wr *wr)
 	return tail;
 }
 
-static uint64_t record_send_list(struct sv_wr_ring *r, const struct ibv_send_wr *wr)
+uint64_t sv_ring_record_send_prefix(struct sv_wr_ring *r, const struct ibv_send_wr *wr, const struct ibv_send_wr *stop)
+{
+	return record_send_list(r, wr, stop);
+}
+
+uint64_t sv_ring_record_recv_prefix(struct sv_wr_ring *r, const struct ibv_recv_wr *wr, const struct ibv_recv_wr *stop)
+{
+	return record_recv_list(r, wr, stop);
+}
+
+/* The WRs of the list before `stop` (NULL: all of them), or nothing (UINT64_MAX). */
+static uint64_t record_send_list(struct sv_wr_ring *r, const struct ibv_send_wr *wr, const struct ibv_send_wr *stop)
 {
 	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
 	uint64_t t = tail;
 	uint64_t mc = r->msg_count;
-	for (const struct ibv_send_wr *w = wr; w; w = w->next) {
+	for (const struct ibv_send_wr *w = wr; w && w != stop; w = w->next) {
 		if (t - head >= r->capacity)
 			return UINT64_MAX;
 		struct sv_ring_entry *e = sv_ring_at(r, t);
@@ -190,12 +203,12 @@ static uint64_t record_send_list(struct sv_wr_ring *r, const struct ibv_send_wr 
 	return tail;
 }
 
-static uint64_t record_recv_list(struct sv_wr_ring *r, const struct ibv_recv_wr *wr)
+static uint64_t record_recv_list(struct sv_wr_ring *r, const struct ibv_recv_wr *wr, const struct ibv_recv_wr *stop)
 {
 	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
 	uint64_t t = tail;
-	for (const struct ibv_recv_wr *w = wr; w; w = w->next) {
+	for (const struct ibv_recv_wr *w = wr; w && w != stop; w = w->next) {
 		if (t - head >= r->capacity)
 			return UINT64_MAX;
 		struct sv_ring_entry *e = sv_ring_at(r, t);

@@ -10,7 +10,7 @@
  * once, in order); each B's counter ends at its pair's number of messages. No completion may
  * carry an error; the virtual QPNs, keys and fd numbers must not change.
  *
- *   recovery -m MODE [-n bursts] [-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i]
+ *   recovery -m MODE [-n bursts] [-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i] [-r]
  *
  *   planned     stableverbs_detach(NULL) with work in flight; B posts and polls while released
  *               (buffered posts, completions kept from the released CQs) while another thread's
@@ -44,6 +44,9 @@
  * -i posts A's SENDs (ibv_post_send) as inline data. With -i or -w a SEND's buffer is scribbled on
  * as soon as it is posted (inline data is the application's again at once): a SEND replayed after
  * a recovery must carry the bytes the shim kept. B's pongs are always inline and scribbled on.
+ *
+ * -r first posts, per pair, lists the provider refuses part of (post_refused_lists): the queues
+ * must stay replayable.
  *
  * -w posts A's work with the ibv_wr_* API (QPs from ibv_create_qp_ex; the SENDs as inline data),
  * as perftest does, instead of ibv_post_send.
@@ -119,7 +122,7 @@ static struct pair *pairs;
 static int npairs = 1;
 static int poll_seconds;
 static volatile sig_atomic_t want_detach, want_attach;
-static int detached, tolerate, wr_api, inline_sends;
+static int detached, tolerate, wr_api, inline_sends, refused_lists;
 static int nmrs;            /* -M: extra memory regions on A's PD */
 static struct ibv_mr **xmrs;
 static uint8_t *xbuf;
@@ -351,6 +354,39 @@ static void post_send(struct tp_end *e, enum tp_op op, uint64_t wr_id, void *add
 	post_send_lkey(e, op, wr_id, addr, e->mr->lkey, len, signaled, raddr, rkey);
 }
 
+/* -r: before any traffic, lists the provider refuses part of (EINVAL at the bad WR, as natively):
+ * A: an unsignaled RDMA WRITE it takes, then a SEND with more SGEs than the QP holds; B: a receive
+ * with too many SGEs. The queues must stay replayable (the shim records what the provider took). */
+static void post_refused_lists(struct pair *p)
+{
+	struct ibv_qp_attr qa;
+	struct ibv_qp_init_attr qi;
+	int rc = ibv_query_qp(p->a.qp, &qa, IBV_QP_CAP, &qi);
+	TP_CHECK(rc == 0, "ibv_query_qp: %s", strerror(rc));
+	int send_over = (int)qa.cap.max_send_sge + 1;
+	rc = ibv_query_qp(p->b.qp, &qa, IBV_QP_CAP, &qi);
+	TP_CHECK(rc == 0, "ibv_query_qp: %s", strerror(rc));
+	int recv_over = (int)qa.cap.max_recv_sge + 1;
+	TP_CHECK(send_over <= 64 && recv_over <= 64, "max_sge %d/%d: too many for -r", send_over - 1, recv_over - 1);
+	struct ibv_sge sa[64], sb[64];
+	for (int k = 0; k < 64; k++) {
+		sa[k] = (struct ibv_sge){.addr = (uintptr_t)(p->a.buf + A_WSRC_OFF), .length = 8, .lkey = p->a.mr->lkey};
+		sb[k] = (struct ibv_sge){.addr = (uintptr_t)(p->b.buf + B_RECV_OFF), .length = 8, .lkey = p->b.mr->lkey};
+	}
+	struct ibv_send_wr w[2] = {
+		{.wr_id = 0xBAD0, .next = &w[1], .sg_list = sa, .num_sge = 1, .opcode = IBV_WR_RDMA_WRITE,
+		 .wr.rdma = {.remote_addr = (uintptr_t)(p->b.buf + B_COUNTER_OFF + 64), .rkey = p->b.mr->rkey}},
+		{.wr_id = 0xBAD1, .sg_list = sa, .num_sge = send_over, .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED},
+	};
+	struct ibv_send_wr *bad = NULL;
+	rc = ibv_post_send(p->a.qp, w, &bad);
+	check(rc == EINVAL && bad == &w[1], "A%d: a send list refused at its second WR: rc %d, bad_wr at %ld", (int)(p - pairs),
+	      rc, bad ? (long)(bad - w) : -1L);
+	struct ibv_recv_wr rw = {.wr_id = 0xBAD2, .sg_list = sb, .num_sge = recv_over}, *rbad = NULL;
+	rc = ibv_post_recv(p->b.qp, &rw, &rbad);
+	check(rc == EINVAL && rbad == &rw, "B%d: a refused receive: rc %d", (int)(p - pairs), rc);
+}
+
 static void b_post_recv(struct pair *p, int count)
 {
 	for (int i = 0; i < count; i++, p->b_slot++)
@@ -364,7 +400,7 @@ int main(int argc, char **argv)
 {
 	int bursts = 12, recoveries = 3, extra = 3, opt;
 	enum mode mode = PLANNED;
-	while ((opt = getopt(argc, argv, "m:n:k:q:M:x:twi")) != -1) {
+	while ((opt = getopt(argc, argv, "m:n:k:q:M:x:twir")) != -1) {
 		switch (opt) {
 		case 'm':
 			mode = (enum mode)-1;
@@ -381,6 +417,7 @@ int main(int argc, char **argv)
 		case 't': tolerate = 1; break;
 		case 'w': wr_api = 1; break;
 		case 'i': inline_sends = 1; break;
+		case 'r': refused_lists = 1; break;
 		default:
 			fprintf(stderr, "usage: recovery -m planned|fatal|rxe|rename|failrebuild|external [-n bursts] "
 					"[-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i]\n");
@@ -445,6 +482,8 @@ int main(int argc, char **argv)
 		/* B: 2 receives outstanding when a burst starts; A: the pong's. */
 		b_post_recv(p, 2);
 		tp_post_recv(&p->a, 999, p->a.buf + A_PONG_OFF, SLOT);
+		if (refused_lists)
+			post_refused_lists(p);
 	}
 
 	int async_fd = da.ctx->async_fd;

@@ -135,6 +135,17 @@ struct RecoveryTests {
         #expect(out.stderr.components(separatedBy: counted).count - 1 == 12, "\(mode): 4 pairs × 3 losses × \"\(counted)\": \(out)")
     }
 
+    /// Lists the provider refuses part of (a WR with more SGEs than the QP holds, after one it
+    /// took): EINVAL and bad_wr as natively, and the work rings keep what the provider took, so
+    /// the queues stay replayable (they were marked incomplete for good, and the WR taken before
+    /// the refused one was not recorded).
+    @Test("a list the provider refused part of leaves the queue replayable", arguments: ["fatal", "planned"])
+    func refusedLists(mode: String) throws {
+        let out = try Harness.runProgram("recovery", ["-m", mode, "-r"], setup: .ibOneDevice, extraEnvironment: recoveryEnvironment)
+        expectRecovered(out, mode: mode, devices: 1)
+        #expect(!out.stderr.contains("posted more than its work ring holds"), "\(mode): a queue was left unreplayable: \(out)")
+    }
+
     /// A real call failing during the rebuild (create_qp → EIO) is rolled back and retried.
     @Test("a real call failing during the rebuild is retried", arguments: [Setup.ibOneDevice, .ethTwoDevices])
     func failingRebuild(setup: Setup) throws {

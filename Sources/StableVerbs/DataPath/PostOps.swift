@@ -46,14 +46,17 @@ public func svOpPostSend(
     return rc
 }
 
-/// COLD: the provider refused part of a recorded list, or the ring had no room (the queue can no
-/// longer be replayed after a device loss; logged by the recovery).
+/// COLD: the provider refused part of a recorded list, or the list could not be recorded — the
+/// ring had no room, or a WR the QP cannot take (more SGEs or inline bytes than it was made for):
+/// when the provider refused one, what it took before is recorded now; else the queue can no
+/// longer be replayed after a device loss (logged by the recovery).
 @inline(never)
 func svSendRingFixup(
     _ ring: UnsafeMutablePointer<sv_wr_ring>, _ mark: UInt64, _ rc: Int32, _ wr: UnsafeMutablePointer<ibv_send_wr>?,
     _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
 ) {
     if mark == UInt64.max {
+        if rc != 0, let refused = bad?.pointee, sv_ring_record_send_prefix(ring, wr, refused) != UInt64.max { return }
         sv_ring_mark_lost(ring)
     } else {
         sv_ring_unrecord_send(ring, mark, wr, bad?.pointee ?? wr)
@@ -255,17 +258,18 @@ public func svOpPostRecv(
     guard let ring = q.pointee.recv_ring else { return post(real, wr, bad) }
     let mark = sv_ring_record_recv(ring, wr)
     let rc = post(real, wr, bad)
-    if rc != 0 || mark == UInt64.max { svRecvRingFixup(ring, mark, wr, bad) }
+    if rc != 0 || mark == UInt64.max { svRecvRingFixup(ring, mark, rc, wr, bad) }
     return rc
 }
 
 /// COLD: see svSendRingFixup.
 @inline(never)
 func svRecvRingFixup(
-    _ ring: UnsafeMutablePointer<sv_wr_ring>, _ mark: UInt64, _ wr: UnsafeMutablePointer<ibv_recv_wr>?,
+    _ ring: UnsafeMutablePointer<sv_wr_ring>, _ mark: UInt64, _ rc: Int32, _ wr: UnsafeMutablePointer<ibv_recv_wr>?,
     _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
 ) {
     if mark == UInt64.max {
+        if rc != 0, let refused = bad?.pointee, sv_ring_record_recv_prefix(ring, wr, refused) != UInt64.max { return }
         sv_ring_mark_lost(ring)
     } else {
         sv_ring_unrecord_recv(ring, mark, wr, bad?.pointee ?? wr)
@@ -284,7 +288,7 @@ func svPostRecvRecorded(
     var localBad: UnsafeMutablePointer<ibv_recv_wr>? = nil
     let rc = svPostRecvTranslated(object, isSRQ, wr, &localBad)
     bad?.pointee = localBad
-    if rc != 0 || mark == UInt64.max { svRecvRingFixup(ring, mark, wr, &localBad) }
+    if rc != 0 || mark == UInt64.max { svRecvRingFixup(ring, mark, rc, wr, &localBad) }
     return rc
 }
 
@@ -304,7 +308,7 @@ public func svOpPostSRQRecv(
     guard let ring = s.pointee.recv_ring else { return post(real, wr, bad) }
     let mark = sv_ring_record_recv(ring, wr)
     let rc = post(real, wr, bad)
-    if rc != 0 || mark == UInt64.max { svRecvRingFixup(ring, mark, wr, bad) }
+    if rc != 0 || mark == UInt64.max { svRecvRingFixup(ring, mark, rc, wr, bad) }
     return rc
 }
 

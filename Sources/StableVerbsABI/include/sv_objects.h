@@ -182,6 +182,10 @@ static inline uint64_t sv_ring_tail(struct sv_wr_ring *r) { return atomic_load_e
  * path answers ENOMEM like a full queue). */
 uint64_t sv_ring_record_send(struct sv_wr_ring *r, const struct ibv_send_wr *wr);
 uint64_t sv_ring_record_recv(struct sv_wr_ring *r, const struct ibv_recv_wr *wr);
+/* Cold: the WRs of a list before `stop` only (the provider took those and refused `stop`, after
+ * the whole list could not be recorded); UINT64_MAX when even they cannot be. */
+uint64_t sv_ring_record_send_prefix(struct sv_wr_ring *r, const struct ibv_send_wr *wr, const struct ibv_send_wr *stop);
+uint64_t sv_ring_record_recv_prefix(struct sv_wr_ring *r, const struct ibv_recv_wr *wr, const struct ibv_recv_wr *stop);
 /* The provider refused the list from `bad` on: drop the entries recorded for it and after it. */
 void sv_ring_unrecord_send(struct sv_wr_ring *r, uint64_t old_tail, const struct ibv_send_wr *wr,
 			   const struct ibv_send_wr *bad);
