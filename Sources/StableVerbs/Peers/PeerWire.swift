@@ -290,7 +290,7 @@ struct PeerHost: Hashable, CustomStringConvertible {
             withUnsafeMutableBytes(of: &a6) { d in for (i, b) in (v6 ?? []).enumerated() where i < 16 { d[i] = b } }
             _ = inet_ntop(AF_INET6, &a6, &buf, 64)
         }
-        return String(cString: buf)
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 
