@@ -147,6 +147,16 @@ public enum DataPath {
     guard let ah else { return nil }
     return svAH(ah).pointee.real
 }
+/// The flag a UD destination's QPN map sets on a QPN whose owner announced it is moving
+/// (UDPeers.swift, `ud-pausing`): sends to it wait for its new QPN (real QPNs are 24 bits).
+@inline(__always) var svUDHeld: UInt32 { 0x8000_0000 }
+
+/// COLD: a UD send names a destination whose shim is moving: wait for its new QPN (UDPeers.swift).
+@inline(never)
+func svColdUDHeld(_ ctx: UnsafeMutablePointer<sv_context>, _ ah: UnsafeMutablePointer<ibv_ah>?, _ qpn: UInt32, _ held: UInt32) -> UInt32 {
+    Runtime.current.waitForUDDestination(ctx, ah, qpn, held)
+}
+
 @inline(__always) func svRemoteQPN(_ ah: UnsafeMutablePointer<ibv_ah>?, _ qpn: UInt32) -> UInt32 {
     guard let ah, let peer = svAH(ah).pointee.peer else { return qpn }
     return svTranslate(svQpns(peer), qpn)

@@ -138,7 +138,9 @@ func svPostSendTranslated(
             }
             if isUD {
                 let vah = d.pointee.wr.ud.ah
-                d.pointee.wr.ud.remote_qpn = svRemoteQPN(vah, d.pointee.wr.ud.remote_qpn)
+                var qpn = svRemoteQPN(vah, d.pointee.wr.ud.remote_qpn)
+                if qpn & svUDHeld != 0 { qpn = svColdUDHeld(ctx, vah, d.pointee.wr.ud.remote_qpn, qpn) }
+                d.pointee.wr.ud.remote_qpn = qpn
                 d.pointee.wr.ud.ah = svRealAH(vah)
             }
         },

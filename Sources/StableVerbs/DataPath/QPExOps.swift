@@ -264,16 +264,19 @@ public func svOpWrSetUDAddr(
     guard let ah else { return r.pointee.wr_set_ud_addr.unsafelyUnwrapped(r, nil, remoteQPN, remoteQkey) }
     let a = svAH(ah)
     if let peer = a.pointee.peer, svMoved(svQpns(peer)) != 0 {
-        return svOpWrSetUDAddrMoved(r, a.pointee.real, remoteQPN, remoteQkey, svQpns(peer))
+        return svOpWrSetUDAddrMoved(q, r, ah, remoteQPN, remoteQkey, svQpns(peer))
     }
     r.pointee.wr_set_ud_addr.unsafelyUnwrapped(r, a.pointee.real, remoteQPN, remoteQkey)
 }
 
 @inline(never)
 func svOpWrSetUDAddrMoved(
-    _ r: UnsafeMutablePointer<ibv_qp_ex>, _ realAH: UnsafeMutablePointer<ibv_ah>?, _ remoteQPN: UInt32, _ remoteQkey: UInt32, _ qpns: UnsafeMutablePointer<sv_idmap>
+    _ q: UnsafeMutablePointer<sv_qp>, _ r: UnsafeMutablePointer<ibv_qp_ex>, _ ah: UnsafeMutablePointer<ibv_ah>,
+    _ remoteQPN: UInt32, _ remoteQkey: UInt32, _ qpns: UnsafeMutablePointer<sv_idmap>
 ) {
-    r.pointee.wr_set_ud_addr.unsafelyUnwrapped(r, realAH, IdentityMap.translateMoved(qpns, remoteQPN), remoteQkey)
+    var qpn = IdentityMap.translateMoved(qpns, remoteQPN)
+    if qpn & svUDHeld != 0 { qpn = svColdUDHeld(q.pointee.ctx.unsafelyUnwrapped, ah, remoteQPN, qpn) }
+    r.pointee.wr_set_ud_addr.unsafelyUnwrapped(r, svAH(ah).pointee.real, qpn, remoteQkey)
 }
 
 /// XRC SRQ numbers are forwarded unchanged (XRC is not virtualised yet, nor recorded).

@@ -83,6 +83,12 @@ final class PeerRegistry {
     /// QPN maps of UD destinations on other hosts, by GID (UDPeers.swift); never freed (address
     /// handles of any generation may point at them).
     var udPeers: [String: UnsafeMutablePointer<sv_peer_ids>] = [:]
+    /// UD destinations whose shim announced it is moving (`ud-pausing`): until when sends to them
+    /// wait for their new QPN (UDPeers.swift).
+    var udHolds: [UDHold: UInt64] = [:]
+    /// The other side: the peer-service ports, by host, whose shims hold their UD sends to this
+    /// process while it moves (set by `ud-pausing`, told and cleared by `ud-moved`).
+    var udHolding: [PeerHost: [UInt16]] = [:]
     var serviceStarted = false
     var listenFD: Int32 = -1
     var port: UInt16 = 0

@@ -90,6 +90,7 @@ extension Runtime {
             }
             introducePendingLinks()
             giveUpOnSilentPeers()
+            releaseExpiredUDHolds()
         }
     }
 
@@ -113,6 +114,8 @@ extension Runtime {
             reply = answerMoved(d)
         case "pausing":
             reply = answerPausing(d)
+        case "ud-pausing":
+            reply = answerUDPausing(d.message, from: PeerHost(peerOf: fd)).encoded(key: nil)
         case "ud-moved":
             reply = answerUDMoved(d.message, from: PeerHost(peerOf: fd)).encoded(key: nil)
         default:

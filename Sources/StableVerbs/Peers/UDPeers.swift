@@ -3,19 +3,31 @@
 // address handle towards another host's GID points (sv_ah.peer) at a QPN map for that GID, shared
 // by every address handle to it; while nothing moved the map is empty and the QPN goes out as is.
 //
-// After a move, the shim that moved tells the shims on the hosts its address handles point to
-// (`ud-moved`, to every port of the peer range there) the real QPNs behind its UD QPs' virtual ones,
-// before it replays its work: their UD sends to it then reach its new QPs. A claim is accepted
-// only from the host the GID names (the request's source address must be that GID's address): UD
-// has no connection whose introduction could have agreed a key.
+// A shim whose device is going away (planned detach, or a loss noticed while the device still
+// works: rxe keeps running until its contexts are closed) first tells the shims on the hosts its
+// address handles point to (`ud-pausing`, to every port of the peer range there) which of its UD
+// QPs are moving; they mark those QPNs held (svUDHeld) and their UD sends to them wait in post_send
+// (bounded: the announced time, then the old address) instead of going to a device about to
+// vanish. It then drains its queues for the quiesce's grace, so a datagram already on its way
+// still lands. After the rebuild, once its receives are posted again, it tells them the real QPNs
+// behind its UD QPs' virtual ones (`ud-moved`), which ends the hold; then it replays its sends.
+// A claim is accepted only from the host the GID names (the request's source address must be that
+// GID's address): UD has no connection whose introduction could have agreed a key.
 //
-// Limits: the moved shim only tells hosts it has address handles to (a UD server that only answers
-// the source of each request, without an address handle of its own, is not told); a UD message in
-// flight towards a device while it goes away is lost, as on a native path that drops it.
+// Limits: the moving shim only tells hosts it has address handles to (a UD server that only
+// answers the source of each request, without an address handle of its own, is not told); a
+// device gone before its shim could announce the move (a NIC pulled: no port left to speak
+// through) loses the datagrams on their way to it, as a native path that drops them does.
 
 import CVerbs
 import Glibc
 import StableVerbsABI
+
+/// A UD destination held while its shim moves: its host's GID (hex) and its virtual QPN.
+struct UDHold: Hashable {
+    let gid: String
+    let qpn: UInt32
+}
 
 extension PeerRegistry {
     /// The QPN map of the UD destinations on GID `gid` (created on first use). Control lock.
@@ -39,73 +51,190 @@ extension Runtime {
         return peers.udPeer(gid: attr.grh.dgid)
     }
 
-    /// After a rebuild, before the replay: tells the hosts this group's address handles point to
-    /// where its UD QPs are now. No lock held on entry.
+    /// The UD announcements of `group` (`verb`): for each host its address handles point to, a
+    /// message naming the group's GIDs; `fill` adds the UD QPs. Control lock.
+    private func udAnnouncements(_ group: [ContextRecord], verb: String,
+                                 fill: (inout PeerMessage, [QPRecord]) -> Void) -> [(PeerHost, PeerMessage)] {
+        var out: [(PeerHost, PeerMessage)] = []
+        for c in group {
+            let ud = c.qps.values.filter { $0.type == IBV_QPT_UD }
+            guard !ud.isEmpty else { continue }
+            var hosts = Set<PeerHost>()
+            for ah in c.ahs.values where ah.peerContext == nil && ah.attr.is_global != 0 {
+                if let h = peers.hostOverride ?? PeerHost(gid: ah.attr.grh.dgid) { hosts.insert(h) }
+            }
+            guard !hosts.isEmpty else { continue }
+            var m = PeerMessage(verb)
+            var gids: [String] = []
+            for port in c.ports {
+                for pair in port.gids.values where !isZeroGID(pair.virtual) && PeerHost(gid: pair.virtual) != nil {
+                    gids.append(gidHex(pair.virtual))
+                }
+            }
+            m["gids"] = Set(gids).sorted().joined(separator: ",")
+            fill(&m, ud)
+            for h in hosts { out.append((h, m)) }
+        }
+        return out
+    }
+
+    /// Sends each announcement to the ports of the peer range on its host (`ports`: only those,
+    /// when given for the host); returns, per announcement, the ports whose shim answered `answer`.
+    /// No lock held.
+    private func tellUDHosts(_ plan: [(PeerHost, PeerMessage)], answer: String,
+                             ports: [PeerHost: [UInt16]] = [:]) -> [[UInt16]] {
+        plan.map { host, m in
+            let candidates = ports[host] ?? (0..<peers.portCount).map { peers.basePort &+ $0 }
+            return candidates.filter { port in
+                guard let reply = PeerSocket.exchange(host: host, port: port, request: m.encoded(key: nil), timeoutMS: 300) else { return false }
+                return PeerMessage.decode(reply)?.message.verb == answer
+            }
+        }
+    }
+
+    /// Before the release: asks the hosts this group's address handles point to to hold their UD
+    /// sends to its UD QPs until it says where they went (or for the planned or the peer timeout).
+    /// Skipped when no port of the group is active (nothing to speak through). No lock held.
+    func announceUDPause(_ group: [ContextRecord], planned: Bool) {
+        guard peers.enabled else { return }
+        let ms = (planned ? peers.plannedTimeoutNS : peers.timeoutNS) / 1_000_000
+        let plan: [(PeerHost, PeerMessage)] = withControlLock {
+            guard group.contains(where: { c in !c.released && hasActiveRealPort(c) }) else { return [] }
+            return udAnnouncements(group, verb: "ud-pausing") { m, ud in
+                m["qpns"] = ud.map { String($0.virtualQPN) }.joined(separator: ",")
+                m["ms"] = String(ms)
+            }
+        }
+        var holding: [PeerHost: [UInt16]] = [:]
+        for ((host, m), ports) in zip(plan, tellUDHosts(plan, answer: "holding")) {
+            holding[host, default: []] += ports
+            Log.info("peer: asked \(ports.count) shim(s) on \(host) to hold their UD sends to this process's UD QPs (\(m["qpns"] ?? "")) while it moves")
+        }
+        // The move's end is told to the shims that hold (the whole range is asked otherwise).
+        withControlLock { peers.udHolding = holding.filter { !$0.value.isEmpty }.mapValues { Array(Set($0)).sorted() } }
+    }
+
+    /// After a rebuild, once the receives are posted again and before the sends are replayed:
+    /// tells the hosts this group's address handles point to where its UD QPs are now (which ends
+    /// their hold). No lock held on entry.
     func announceUDMoves(_ group: [ContextRecord]) {
         guard peers.enabled else { return }
         let plan: [(PeerHost, PeerMessage)] = withControlLock {
-            var out: [(PeerHost, PeerMessage)] = []
-            for c in group {
-                let ud = c.qps.values.filter { $0.type == IBV_QPT_UD }
-                guard !ud.isEmpty else { continue }
-                var hosts = Set<PeerHost>()
-                for ah in c.ahs.values where ah.peerContext == nil && ah.attr.is_global != 0 {
-                    if let h = peers.hostOverride ?? PeerHost(gid: ah.attr.grh.dgid) { hosts.insert(h) }
-                }
-                guard !hosts.isEmpty else { continue }
-                var m = PeerMessage("ud-moved")
-                var gids: [String] = []
-                for port in c.ports {
-                    for pair in port.gids.values where !isZeroGID(pair.virtual) && PeerHost(gid: pair.virtual) != nil {
-                        gids.append(gidHex(pair.virtual))
-                    }
-                }
-                m["gids"] = Set(gids).sorted().joined(separator: ",")
+            udAnnouncements(group, verb: "ud-moved") { m, ud in
                 m["qpns"] = ud.map { "\($0.virtualQPN):\($0.ptr.pointee.real_qpn)" }.joined(separator: ",")
-                for h in hosts { out.append((h, m)) }
             }
-            return out
         }
-        for (host, m) in plan {
-            var told = 0
-            for i in 0..<peers.portCount {
-                guard let reply = PeerSocket.exchange(host: host, port: peers.basePort &+ i, request: m.encoded(key: nil), timeoutMS: 300),
-                      PeerMessage.decode(reply)?.message.verb == "noted" else { continue }
-                told += 1
+        let holding: [PeerHost: [UInt16]] = withControlLock {
+            defer { peers.udHolding = [:] }
+            return peers.udHolding
+        }
+        for ((host, m), ports) in zip(plan, tellUDHosts(plan, answer: "noted", ports: holding)) {
+            Log.info("peer: told \(ports.count) shim(s) on \(host) where this process's UD QPs are now (\(m["qpns"] ?? ""))")
+        }
+    }
+
+    /// The GIDs of a UD claim (`gids=`) that the request's source may speak for: the host a GID
+    /// names (STABLEVERBS_PEER_HOST: the configured host), or this host over loopback.
+    private func claimedGIDs(_ m: PeerMessage, from source: PeerHost?) -> [ibv_gid] {
+        let gids = (m["gids"] ?? "").split(separator: ",").compactMap { gidFromHex(String($0)) }
+        return gids.filter { g in
+            guard let source else { return false }
+            if let o = peers.hostOverride { return o == source || source.isLoopback }
+            return PeerHost(gid: g).map { $0 == source || source.isLoopback && $0.isOwnAddress } ?? false
+        }
+    }
+
+    private func hostsText(_ gids: [ibv_gid]) -> String {
+        gids.map { PeerHost(gid: $0).map { "\($0)" } ?? "?" }.joined(separator: ",")
+    }
+
+    /// The service's side of `ud-pausing`: the sender's UD QPs (virtual QPNs) are about to move;
+    /// UD sends to them wait until `ud-moved` or the announced bound (capped by the planned
+    /// timeout). Control lock taken here.
+    func answerUDPausing(_ m: PeerMessage, from source: PeerHost?) -> PeerMessage {
+        let qpns = (m["qpns"] ?? "").split(separator: ",").compactMap { UInt32($0) }.filter { $0 & svUDHeld == 0 }
+        guard !qpns.isEmpty, let ms = m.number("ms") else { return PeerMessage("error") }
+        let allowed = claimedGIDs(m, from: source)
+        guard !allowed.isEmpty else {
+            Log.warn("peer: a ud-pausing claim from \(source.map { "\($0)" } ?? "?") for GIDs it does not own was refused")
+            return PeerMessage("denied")
+        }
+        let bound = min(ms, peers.plannedTimeoutNS / 1_000_000) &* 1_000_000
+        return withControlLock {
+            let until = monotonicNS() &+ bound
+            for g in allowed {
+                let k = gidHex(g)
+                guard let ids = peers.udPeers[k] else { continue }
+                let map = ids.pointer(to: \.qpns)!
+                for v in qpns {
+                    let now = IdentityMap.translateMoved(map, v) & ~svUDHeld
+                    _ = IdentityMap.set(map, key: v, value: now | svUDHeld)
+                    peers.udHolds[UDHold(gid: k, qpn: v)] = until
+                }
             }
-            Log.info("peer: told \(told) shim(s) on \(host) where this process's UD QPs are now (\(m["qpns"] ?? ""))")
+            Log.info("peer: UD QPs on \(hostsText(allowed)) are moving: UD sends to \(qpns.map { hex($0) }.joined(separator: " ")) wait for their new address (up to \(bound / 1_000_000) ms)")
+            return PeerMessage("holding")
         }
+    }
+
+    /// Holds whose bound passed without a `ud-moved`: their sends go to the old address again.
+    /// Peer chores thread.
+    func releaseExpiredUDHolds() {
+        let now = monotonicNS()
+        withControlLock {
+            for (h, until) in peers.udHolds where now >= until {
+                peers.udHolds[h] = nil
+                guard let ids = peers.udPeers[h.gid] else { continue }
+                let map = ids.pointer(to: \.qpns)!
+                let old = IdentityMap.translateMoved(map, h.qpn) & ~svUDHeld
+                if old == h.qpn { IdentityMap.remove(map, key: h.qpn) } else { _ = IdentityMap.set(map, key: h.qpn, value: old) }
+                Log.warn("peer: the UD QP \(hex(h.qpn)) on \(gidFromHex(h.gid).map { hostsText([$0]) } ?? h.gid) did not say where it went in time: UD sends to it go to its old address")
+            }
+        }
+    }
+
+    /// An application thread's UD send to a held destination (svColdUDHeld): waits while the
+    /// destination is held and the context is LIVE (the recovery's own replay never waits), at
+    /// most the planned timeout; returns the QPN to send to.
+    func waitForUDDestination(_ ctx: UnsafeMutablePointer<sv_context>, _ ah: UnsafeMutablePointer<ibv_ah>?,
+                              _ qpn: UInt32, _ held: UInt32) -> UInt32 {
+        // An application QPN with bit 31 set that nothing maps is the application's own value.
+        guard let ah, let peer = svAH(ah).pointee.peer, held != qpn else { return held }
+        let map = svQpns(peer)
+        let deadline = monotonicNS() &+ peers.plannedTimeoutNS
+        var v = held
+        while v & svUDHeld != 0 && sv_ctx_state(ctx) == SV_CTX_LIVE.rawValue && monotonicNS() < deadline {
+            usleep(200)
+            v = IdentityMap.translateMoved(map, qpn)
+        }
+        return v & ~svUDHeld
     }
 
     /// The service's side of `ud-moved`: the sender's UD QPs (virtual → real) on GIDs that must
     /// name the sender's own address. Control lock taken here.
     func answerUDMoved(_ m: PeerMessage, from source: PeerHost?) -> PeerMessage {
-        let gids = (m["gids"] ?? "").split(separator: ",").compactMap { gidFromHex(String($0)) }
         let qpns: [(UInt32, UInt32)] = (m["qpns"] ?? "").split(separator: ",").compactMap { p in
             let kv = p.split(separator: ":")
             guard kv.count == 2, let v = UInt32(kv[0]), let r = UInt32(kv[1]) else { return nil }
             return (v, r)
         }
-        guard !gids.isEmpty, !qpns.isEmpty else { return PeerMessage("error") }
-        // Only the host a GID names may speak for it (STABLEVERBS_PEER_HOST: the configured host).
-        let allowed = gids.filter { g in
-            guard let source else { return false }
-            if let o = peers.hostOverride { return o == source || source.isLoopback }
-            return PeerHost(gid: g).map { $0 == source || source.isLoopback && $0.isOwnAddress } ?? false
-        }
+        guard !qpns.isEmpty else { return PeerMessage("error") }
+        let allowed = claimedGIDs(m, from: source)
         guard !allowed.isEmpty else {
             Log.warn("peer: a ud-moved claim from \(source.map { "\($0)" } ?? "?") for GIDs it does not own was refused")
             return PeerMessage("denied")
         }
         return withControlLock {
             for g in allowed {
-                guard let ids = peers.udPeers[gidHex(g)] else { continue }
+                let k = gidHex(g)
+                for (v, _) in qpns { peers.udHolds[UDHold(gid: k, qpn: v)] = nil }
+                guard let ids = peers.udPeers[k] else { continue }
                 let map = ids.pointer(to: \.qpns)!
                 for (v, r) in qpns {
                     if v == r { IdentityMap.remove(map, key: v) } else { _ = IdentityMap.set(map, key: v, value: r) }
                 }
             }
-            Log.info("peer: UD QPs on \(allowed.map { PeerHost(gid: $0).map { "\($0)" } ?? "?" }.joined(separator: ",")) moved: \(qpns.map { "\(hex($0.0))→\(hex($0.1))" }.joined(separator: " "))")
+            Log.info("peer: UD QPs on \(hostsText(allowed)) moved: \(qpns.map { "\(hex($0.0))→\(hex($0.1))" }.joined(separator: " "))")
             return PeerMessage("noted")
         }
     }

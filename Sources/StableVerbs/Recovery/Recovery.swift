@@ -381,6 +381,9 @@ extension Runtime {
             for c in group where !c.released { sv_ctx_set_state(c.ptr, SV_CTX_RELEASED.rawValue) }
             recovery.polledSince.removeAll()
         }
+        // UD peers hold their sends to this group while it moves (a datagram sent to the released
+        // device would be dropped); the settling below lets those already on their way land.
+        announceUDPause(group, planned: false)
         // A device that still works while its removal waits for us (rxe) keeps executing what was
         // handed to it: let that settle first, or a message delivered (an atomic executed) whose
         // completion had not come back yet would be replayed — delivered twice. A dead device
@@ -440,6 +443,7 @@ extension Runtime {
             return 0
         }
         announcePause(group)
+        announceUDPause(group, planned: true)
         var times = RecoveryTimes()
         let t0 = monotonicNS()
         times.startedAt = t0
@@ -564,10 +568,6 @@ extension Runtime {
             }
             return n
         }
-        func portActive(_ c: ContextRecord) -> Bool {
-            var attr = ibv_port_attr()
-            return (1...max(1, c.ports.count)).contains { c.queryRealPort(UInt8($0), &attr) == 0 && attr.state == IBV_PORT_ACTIVE }
-        }
         let deadline = monotonicNS() &+ recovery.quiesceNS
         var round = 0
         while true {
@@ -575,12 +575,18 @@ extension Runtime {
                 var failed = false
                 for c in group where drainCQs(c) { failed = true }
                 let left = marks.reduce(0) { $0 + unsettled($1) }
-                return (left, stopOnError && left > 0 && (failed || (round % 10 == 0 && !group.contains(where: portActive))))
+                return (left, stopOnError && left > 0 && (failed || (round % 10 == 0 && !group.contains(where: hasActiveRealPort))))
             }
             if left == 0 || stalled || monotonicNS() >= deadline { return left }
             round += 1
             usleep(100)
         }
+    }
+
+    /// Whether a port of `c`'s real device is still active (the device still works). Control lock.
+    func hasActiveRealPort(_ c: ContextRecord) -> Bool {
+        var attr = ibv_port_attr()
+        return (1...max(1, c.ports.count)).contains { c.queryRealPort(UInt8($0), &attr) == 0 && attr.state == IBV_PORT_ACTIVE }
     }
 
     // MARK: - Release
@@ -788,25 +794,42 @@ extension Runtime {
         // Connections to other processes: the peer protocol (Peers/Reconnect.swift).
         let l0 = monotonicNS()
         reconnectLinks(group)
-        announceUDMoves(group)
         reconnectNS &+= monotonicNS() &- l0
         times.deviceWait = waitNS
         times.rebuild = rebuildNS
         times.reconnect = reconnectNS
 
-        // Replay: receives first (every context), then sends; then LIVE.
+        // Replay: receives first (every context), then the UD peers are told where this group's
+        // UD QPs are (their held sends then find receives posted), then sends; then LIVE.
         let p0 = monotonicNS()
-        let replayed: UInt64 = withControlLock {
-            applyInProcessCounts(group)
+        func replayReceives(from: [UInt: UInt64]) -> (UInt64, [UInt: UInt64]) {
             var n: UInt64 = 0
+            var ends: [UInt: UInt64] = [:]
+            func one(_ r: UnsafeMutablePointer<sv_wr_ring>, _ object: UnsafeMutableRawPointer, isSRQ: Bool) {
+                n &+= replayRecv(r, object, isSRQ: isSRQ, from: from[UInt(bitPattern: r)] ?? 0)
+                ends[UInt(bitPattern: r)] = sv_ring_tail(r)
+            }
             for c in group {
                 for srq in c.nextOrder(c.srqs, { $0.sequence }) {
-                    if let r = srq.ptr.pointee.recv_ring { n &+= replayRecv(r, UnsafeMutableRawPointer(srq.ptr), isSRQ: true) }
+                    if let r = srq.ptr.pointee.recv_ring { one(r, UnsafeMutableRawPointer(srq.ptr), isSRQ: true) }
                 }
                 for qp in c.nextOrder(c.qps, { $0.sequence }) where qp.initAttr.srq == nil {
-                    if let r = qp.ptr.pointee.recv_ring { n &+= replayRecv(r, UnsafeMutableRawPointer(qp.ptr), isSRQ: false) }
+                    if let r = qp.ptr.pointee.recv_ring { one(r, UnsafeMutableRawPointer(qp.ptr), isSRQ: false) }
                 }
             }
+            return (n, ends)
+        }
+        let (received, receiveEnds): (UInt64, [UInt: UInt64]) = withControlLock {
+            applyInProcessCounts(group)
+            return replayReceives(from: [:])
+        }
+        let u0 = monotonicNS()
+        announceUDMoves(group)
+        let announceNS = monotonicNS() &- u0
+        times.reconnect &+= announceNS
+        let replayed: UInt64 = withControlLock {
+            // Receives the application posted meanwhile (buffered: the context is not LIVE yet).
+            var n = received &+ replayReceives(from: receiveEnds).0
             for c in group {
                 for qp in c.nextOrder(c.qps, { $0.sequence }) {
                     if let r = qp.ptr.pointee.send_ring { n &+= replaySend(r, qp.ptr) }
@@ -821,7 +844,7 @@ extension Runtime {
             // The stats with the flip to LIVE (one lock hold): whoever sees the work move again
             // sees this recovery counted.
             times.liveAt = monotonicNS()
-            times.replay = times.liveAt &- p0
+            times.replay = times.liveAt &- p0 &- announceNS
             recovery.stats.count &+= 1
             recovery.stats.last = times
             recovery.stats.lastPlanned = planned
