@@ -1,6 +1,7 @@
 // The peer protocol's wire (Peers/PeerWire.swift): signed messages and batches of them. The
 // protocol itself runs between processes on real rxe: Tests/LabTests/PeerRecoveryLabTests.swift.
 
+import Crypto
 import Testing
 
 @testable import StableVerbs
@@ -52,5 +53,60 @@ struct PeerWireTests {
         #expect(PeerBatch.decode(PeerBatch.header + Array("part=x\n".utf8)) == nil)    // no length
         #expect(PeerBatch.decode(PeerBatch.header + Array("part=-1\n".utf8)) == nil)   // negative length
         #expect(PeerBatch.decode(PeerBatch.header + Array("junk\n".utf8)) == nil)
+    }
+
+    // MARK: - HMAC-SHA256 (Peers/HMACSHA256.swift)
+
+    private func bytes(_ hex: String) -> [UInt8] { bytesFromHex(hex)! }
+
+    @Test("SHA-256: FIPS 180-4's examples and a million 'a's")
+    func sha256Vectors() {
+        #expect(hexString(SHA256Hash.hash([])) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(hexString(SHA256Hash.hash(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(hexString(SHA256Hash.hash(Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)))
+                == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+        var s = SHA256Hash()
+        for _ in 0..<1000 { s.update([UInt8](repeating: UInt8(ascii: "a"), count: 1000)) }
+        #expect(hexString(s.finalize()) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
+    }
+
+    @Test("HMAC-SHA256: RFC 4231's test cases 1-4, 6 and 7")
+    func hmacVectors() {
+        let cases: [(key: [UInt8], data: [UInt8], mac: String)] = [
+            ([UInt8](repeating: 0x0b, count: 20), Array("Hi There".utf8),
+             "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+            (Array("Jefe".utf8), Array("what do ya want for nothing?".utf8),
+             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+            ([UInt8](repeating: 0xaa, count: 20), [UInt8](repeating: 0xdd, count: 50),
+             "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"),
+            (bytes("0102030405060708090a0b0c0d0e0f10111213141516171819"), [UInt8](repeating: 0xcd, count: 50),
+             "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b"),
+            ([UInt8](repeating: 0xaa, count: 131), Array("Test Using Larger Than Block-Size Key - Hash Key First".utf8),
+             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
+            ([UInt8](repeating: 0xaa, count: 131),
+             Array("This is a test using a larger than block-size key and a larger than block-size data. The key needs to be hashed before being used by the HMAC algorithm.".utf8),
+             "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"),
+        ]
+        for (i, c) in cases.enumerated() {
+            #expect(hexString(HMACSHA256.code(key: c.key, message: c.data)) == c.mac, "case \(i)")
+            #expect(HMACSHA256.isValid(bytes(c.mac), key: c.key, message: c.data))
+            var wrong = bytes(c.mac)
+            wrong[31] ^= 1
+            #expect(!HMACSHA256.isValid(wrong, key: c.key, message: c.data))
+            #expect(!HMACSHA256.isValid(Array(bytes(c.mac).prefix(16)), key: c.key, message: c.data))
+        }
+    }
+
+    @Test("HMAC-SHA256 agrees with swift-crypto on keys and messages of every length around the block size")
+    func hmacAgainstSwiftCrypto() {
+        var rng = SystemRandomNumberGenerator()
+        for keyLength in [0, 1, 31, 32, 55, 56, 63, 64, 65, 100, 128, 129] {
+            for length in 0...200 {
+                let key = (0..<keyLength).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                let message = (0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                let reference = Array(HMAC<Crypto.SHA256>.authenticationCode(for: message, using: SymmetricKey(data: key)))
+                #expect(HMACSHA256.code(key: key, message: message) == reference, "key \(keyLength) B, message \(length) B")
+            }
+        }
     }
 }

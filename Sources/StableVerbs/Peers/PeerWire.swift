@@ -9,7 +9,6 @@
 // objects: PeerService.swift and Reconnect.swift give the messages their meaning.
 
 import CVerbs
-import Crypto
 import Glibc
 
 /// A message as decoded: its fields, the bytes its MAC covers, the MAC.
@@ -44,7 +43,7 @@ struct PeerMessage {
     }
 
     static func mac(_ bytes: [UInt8], key: [UInt8]) -> String {
-        hexString(Array(HMAC<SHA256>.authenticationCode(for: bytes, using: SymmetricKey(data: key))))
+        hexString(HMACSHA256.code(key: key, message: bytes))
     }
 
     /// Parses a message. The `mac` line, when present, is returned with the bytes it covers.
@@ -76,7 +75,7 @@ struct PeerMessage {
     /// Whether `decoded` carries a valid MAC under `key` (constant-time comparison).
     static func verify(_ decoded: DecodedPeerMessage, key: [UInt8]) -> Bool {
         guard let mac = decoded.mac, let given = bytesFromHex(mac), !key.isEmpty else { return false }
-        return HMAC<SHA256>.isValidAuthenticationCode(given, authenticating: decoded.signed, using: SymmetricKey(data: key))
+        return HMACSHA256.isValid(given, key: key, message: decoded.signed)
     }
 }
 
@@ -114,7 +113,7 @@ enum PeerBatch {
 
 /// The key two shims share for one connection, from the nonces of the registration.
 func linkKey(_ a: [UInt8], _ b: [UInt8], _ label: String) -> [UInt8] {
-    Array(SHA256.hash(data: Array("stableverbs-link \(label)".utf8) + a + b))
+    SHA256Hash.hash(Array("stableverbs-link \(label)".utf8) + a + b)
 }
 
 func randomBytes(_ n: Int) -> [UInt8] {
