@@ -36,15 +36,8 @@ public func sv_ibv_destroy_cq(_ cq: UnsafeMutablePointer<ibv_cq>?) -> Int32 {
     let rt = Runtime.current
     guard let f = rt.ops.destroy_cq else { return ENOSYS }
     guard let cq, ownedByShim(cq) else { return f(cq) }
-    // The real destroy waits for every delivered event to be acked: not under the lock.
-    let found = rt.withHardware(of: { cqRecord(cq).context }, gone: nil) { _ -> (CQRecord, UnsafeMutablePointer<ibv_cq>)? in
-        let r = cqRecord(cq)
-        return (r, r.real)
-    }
-    guard let (rec, real) = found else { return EIO }
-    let rc = f(real)
-    if rc == 0 { withControlLock { rt.forgetCQ(rec) } }
-    return rc
+    return rt.destroyRealObject(context: { $0.context }, record: { cqRecord(cq) }, real: { $0.real }, destroy: f,
+                                forget: { rt.forgetCQ($0) })
 }
 
 @_cdecl("ibv_get_cq_event")
@@ -130,14 +123,8 @@ public func sv_ibv_destroy_qp(_ qp: UnsafeMutablePointer<ibv_qp>?) -> Int32 {
     let rt = Runtime.current
     guard let f = rt.ops.destroy_qp else { return ENOSYS }
     guard let qp, ownedByShim(qp) else { return f(qp) }
-    let found = rt.withHardware(of: { qpRecord(qp).context }, gone: nil) { _ -> (QPRecord, UnsafeMutablePointer<ibv_qp>)? in
-        let r = qpRecord(qp)
-        return (r, r.real)
-    }
-    guard let (rec, real) = found else { return EIO }
-    let rc = f(real)
-    if rc == 0 { withControlLock { rt.forgetQP(rec) } }
-    return rc
+    return rt.destroyRealObject(context: { $0.context }, record: { qpRecord(qp) }, real: { $0.real }, destroy: f,
+                                forget: { rt.forgetQP($0) })
 }
 
 @_cdecl("ibv_qp_to_qp_ex")
@@ -234,14 +221,8 @@ public func sv_ibv_destroy_srq(_ srq: UnsafeMutablePointer<ibv_srq>?) -> Int32 {
     let rt = Runtime.current
     guard let f = rt.ops.destroy_srq else { return ENOSYS }
     guard let srq, ownedByShim(srq) else { return f(srq) }
-    let found = rt.withHardware(of: { srqRecord(srq).context }, gone: nil) { _ -> (SRQRecord, UnsafeMutablePointer<ibv_srq>)? in
-        let r = srqRecord(srq)
-        return (r, r.real)
-    }
-    guard let (rec, real) = found else { return EIO }
-    let rc = f(real)
-    if rc == 0 { withControlLock { rt.forgetSRQ(rec) } }
-    return rc
+    return rt.destroyRealObject(context: { $0.context }, record: { srqRecord(srq) }, real: { $0.real }, destroy: f,
+                                forget: { rt.forgetSRQ($0) })
 }
 
 // MARK: - Address handles

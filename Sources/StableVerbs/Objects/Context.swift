@@ -34,6 +34,8 @@ final class PortRecord {
 
 final class ContextRecord {
     let ptr: UnsafeMutablePointer<sv_context>
+    /// Real destroys of its CQs, QPs and SRQs running outside the control lock (a release waits).
+    var destroysInFlight = 0
     let device: DeviceRecord
     let sequence: UInt64
     var ports: [PortRecord] = []

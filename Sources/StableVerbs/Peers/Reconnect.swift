@@ -98,16 +98,17 @@ extension Runtime {
         m["rkeys"] = c.mrs.values.map { "\($0.ptr.pointee.mr.rkey):\($0.ptr.pointee.real?.pointee.rkey ?? 0)" }.joined(separator: ",")
     }
 
+    /// How many receive completions `q` retired (nil: not tracked). A QP's own receive ring
+    /// retires in order (its head is the count); the QPs on an SRQ share its ring, so each counts
+    /// the receive completions it retired. Control lock.
+    func receivedCount(of q: QPRecord) -> UInt64? {
+        if q.initAttr.srq != nil { return sv_qp_recv_seen(q.ptr) }
+        return q.ptr.pointee.recv_ring.map { sv_ring_head($0) }
+    }
+
     /// The counts `q`'s end reports (control lock).
     func counts(of q: QPRecord) -> PeerCounts {
-        var counts = PeerCounts(seen: nil, acked: 0, messages: [:])
-        // A QP's own receive ring retires in order (its head is the count); the QPs on an SRQ
-        // share its ring, so each counts the receive completions it retired.
-        if q.initAttr.srq != nil {
-            counts.seen = sv_qp_recv_seen(q.ptr)
-        } else if let r = q.ptr.pointee.recv_ring {
-            counts.seen = sv_ring_head(r)
-        }
+        var counts = PeerCounts(seen: receivedCount(of: q), acked: 0, messages: [:])
         if let r = q.ptr.pointee.send_ring {
             let head = sv_ring_head(r), tail = sv_ring_tail(r)
             counts.acked = head != tail ? sv_ring_at(r, head).pointee.msgno : r.pointee.msg_count
@@ -239,10 +240,10 @@ extension Runtime {
                 remade += 1
             }
             cq?.publishPending()
-        } else if q.initAttr.srq != nil, peer.acked > sv_qp_recv_seen(q.ptr) {
+        } else if q.initAttr.srq != nil, let seen = receivedCount(of: q), peer.acked > seen {
             // Which SRQ buffers the lost device filled for this QP is not known (the SRQ's QPs
             // take its receives in an order only the device knew): not remade.
-            Log.warn("peer: \(label): \(peer.acked - sv_qp_recv_seen(q.ptr)) message(s) the peer saw acknowledged "
+            Log.warn("peer: \(label): \(peer.acked - seen) message(s) the peer saw acknowledged "
                      + "landed in SRQ receives whose completions died with the device; they are not remade")
         }
         if skipped + remade > 0 {

@@ -39,4 +39,27 @@ extension Runtime {
             usleep(1000)
         }
     }
+
+    /// The destroy of a CQ, QP or SRQ: finds the record and its real object through the gate,
+    /// runs the real destroy outside the lock (it waits for the application to acknowledge the
+    /// object's events), and forgets the record when it succeeded. While the destroy runs the
+    /// context counts it (`destroysInFlight`): a recovery's release waits for it, so that it never
+    /// destroys the same real object a second time. EIO when the device stayed away.
+    func destroyRealObject<Record: AnyObject, Real>(
+        context: (Record) -> ContextRecord, record: () -> Record, real: (Record) -> UnsafeMutablePointer<Real>,
+        destroy: (UnsafeMutablePointer<Real>) -> Int32, forget: (Record) -> Void
+    ) -> Int32 {
+        let found = withHardware(of: { context(record()) }, gone: nil) { c -> (Record, UnsafeMutablePointer<Real>, ContextRecord)? in
+            c.destroysInFlight += 1
+            let r = record()
+            return (r, real(r), c)
+        }
+        guard let (rec, object, c) = found else { return EIO }
+        let rc = destroy(object)
+        withControlLock {
+            if rc == 0 { forget(rec) }
+            c.destroysInFlight -= 1
+        }
+        return rc
+    }
 }

@@ -622,10 +622,20 @@ extension Runtime {
     /// Destroys every real object of the group (state already QUIESCING→RELEASED or RELEASED).
     func release(_ group: [ContextRecord]) {
         if recovery.graceMinUS > 0 { usleep(recovery.graceMinUS) }
-        // Threads inside the real get_cq_event finish first (it does not block: the fd was readable).
+        // Threads inside the real get_cq_event finish first (it does not block: the fd was
+        // readable), and so do the application's destroys already under way (they could wait for
+        // event acknowledgements: bounded at 2 s, then released with the rest).
         let deadline = monotonicNS() &+ 100_000_000
         while withControlLock({ group.contains { c in c.channels.values.contains { $0.inCall > 0 } } }),
               monotonicNS() < deadline {
+            usleep(100)
+        }
+        let destroys = monotonicNS() &+ 2_000_000_000
+        while withControlLock({ group.contains { $0.destroysInFlight > 0 } }) {
+            if monotonicNS() >= destroys {
+                Log.warn("release: an application destroy of a CQ, QP or SRQ did not return within 2 s; its object is released with the rest")
+                break
+            }
             usleep(100)
         }
         withControlLock {
