@@ -116,9 +116,11 @@ extension Runtime {
 
     /// After a rebuild, once the receives are posted again and before the sends are replayed:
     /// tells the hosts this group's address handles point to where its UD QPs are now (which ends
-    /// their hold). No lock held on entry.
-    func announceUDMoves(_ group: [ContextRecord]) {
-        guard peers.enabled else { return }
+    /// their hold) — first the shims that hold, when some do. Returns what is left to tell: the
+    /// other ports of those hosts' peer ranges (shims started since the pause), for
+    /// `announceUDMovesToOthers` once the application runs again. No lock held on entry.
+    func announceUDMoves(_ group: [ContextRecord]) -> [(PeerHost, PeerMessage, [UInt16])] {
+        guard peers.enabled else { return [] }
         let plan: [(PeerHost, PeerMessage)] = withControlLock {
             udAnnouncements(group, verb: "ud-moved") { m, ud in
                 m["qpns"] = ud.map { "\($0.virtualQPN):\($0.ptr.pointee.real_qpn)" }.joined(separator: ",")
@@ -128,8 +130,22 @@ extension Runtime {
             defer { peers.udHolding = [:] }
             return peers.udHolding
         }
+        var rest: [(PeerHost, PeerMessage, [UInt16])] = []
         for ((host, m), ports) in zip(plan, tellUDHosts(plan, answer: "noted", ports: holding)) {
             Log.info("peer: told \(ports.count) shim(s) on \(host) where this process's UD QPs are now (\(m["qpns"] ?? ""))")
+            if let asked = holding[host] {
+                let others = (0..<peers.portCount).map { peers.basePort &+ $0 }.filter { !asked.contains($0) }
+                if !others.isEmpty { rest.append((host, m, others)) }
+            }
+        }
+        return rest
+    }
+
+    /// The rest of `announceUDMoves` (the recovery's thread, the application running again).
+    func announceUDMovesToOthers(_ rest: [(PeerHost, PeerMessage, [UInt16])]) {
+        for (host, m, ports) in rest {
+            let told = tellUDHosts([(host, m)], answer: "noted", ports: [host: ports])[0]
+            if !told.isEmpty { Log.info("peer: told \(told.count) more shim(s) on \(host) where this process's UD QPs are now") }
         }
     }
 

@@ -834,7 +834,7 @@ extension Runtime {
             return replayReceives(from: [:])
         }
         let u0 = monotonicNS()
-        announceUDMoves(group)
+        let udRest = announceUDMoves(group)
         let announceNS = monotonicNS() &- u0
         times.reconnect &+= announceNS
         let replayed: UInt64 = withControlLock {
@@ -868,6 +868,7 @@ extension Runtime {
                  + "quiesce \(ms(times.quiesce)), release \(ms(times.release)), device wait \(ms(times.deviceWait)), "
                  + "rebuild \(ms(times.rebuild)), reconnect \(ms(times.reconnect)), replay \(ms(times.replay)) "
                  + "(\(replayed) work request(s) re-posted, \(attempts) rebuild attempt(s))")
+        announceUDMovesToOthers(udRest)
         return 0
     }
 
