@@ -2,6 +2,7 @@
 // protocol itself runs between processes on real rxe: Tests/LabTests/PeerRecoveryLabTests.swift.
 
 import Crypto
+import Foundation
 import Testing
 
 @testable import StableVerbs
@@ -108,5 +109,47 @@ struct PeerWireTests {
                 #expect(HMACSHA256.code(key: key, message: message) == reference, "key \(keyLength) B, message \(length) B")
             }
         }
+    }
+
+    // MARK: - Sockets
+
+    /// A loopback TCP socket bound to a free port (listening or not) and its port.
+    private func loopbackSocket(listening: Bool) -> (fd: Int32, port: UInt16) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var sa = sockaddr_in()
+        sa.sin_family = sa_family_t(AF_INET)
+        sa.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        if listening { _ = listen(fd, 4) }
+        _ = withUnsafeMutablePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return (fd, UInt16(bigEndian: sa.sin_port))
+    }
+
+    @Test("exchangeAll asks every port at once and returns the replies of those that answer, in port order")
+    func exchangeAllPorts() throws {
+        let a = loopbackSocket(listening: true), b = loopbackSocket(listening: true)
+        let refused = loopbackSocket(listening: false)   // bound, not listening: connection refused
+        defer { for s in [a, b, refused] { close(s.fd) } }
+        for (s, word) in [(a, "one"), (b, "two")] {
+            Thread.detachNewThread {
+                let c = accept(s.fd, nil, nil)
+                guard c >= 0 else { return }
+                var request = [UInt8]()
+                var buf = [UInt8](repeating: 0, count: 256)
+                while true {
+                    let n = recv(c, &buf, buf.count, 0)
+                    if n <= 0 { break }
+                    request += buf[0..<n]
+                }
+                let reply = Array("\(String(decoding: request, as: UTF8.self)) -> \(word)".utf8)
+                _ = send(c, reply, reply.count, Int32(MSG_NOSIGNAL))
+                close(c)
+            }
+        }
+        let host = try #require(PeerHost(text: "127.0.0.1"))
+        let replies = PeerSocket.exchangeAll(host: host, ports: [refused.port, b.port, a.port], request: Array("ping".utf8), timeoutMS: 2000)
+        #expect(replies.map(\.0) == [b.port, a.port])
+        #expect(replies.map { String(decoding: $0.1, as: UTF8.self) } == ["ping -> two", "ping -> one"])
     }
 }

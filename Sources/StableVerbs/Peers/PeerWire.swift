@@ -158,24 +158,50 @@ func bytesFromHex(_ s: String) -> [UInt8]? {
 
 enum PeerSocket {
     /// Sends `request` to host:port and returns the reply bytes; nil when the peer cannot be reached
-    /// or does not answer within `timeoutMS`.
+    /// or does not answer (or answers nothing) within `timeoutMS`.
     static func exchange(host: PeerHost, port: UInt16, request: [UInt8], timeoutMS: Int32) -> [UInt8]? {
-        let fd = socket(host.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var one: Int32 = 1
-        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        let rc = host.withSockaddr(port: port) { sa, len in connect(fd, sa, len) }
-        if rc != 0 && errno != EINPROGRESS { return nil }
+        exchangeAll(host: host, ports: [port], request: request, timeoutMS: timeoutMS).first?.1
+    }
+
+    /// `exchange` with every port in `ports` of `host` at once: the connections are made
+    /// concurrently (most ports of a peer range have no shim: a refused connection costs a round
+    /// trip, which across many ports was the cost of a UD announcement); the requests then go to
+    /// the ports that accepted. Returns the replies by port, in `ports`' order.
+    static func exchangeAll(host: PeerHost, ports: [UInt16], request: [UInt8], timeoutMS: Int32) -> [(UInt16, [UInt8])] {
         let deadline = monotonicNS() &+ UInt64(timeoutMS) * 1_000_000
-        guard waitFor(fd, Int16(POLLOUT), deadline) else { return nil }
-        var err: Int32 = 0
-        var errLen = socklen_t(MemoryLayout<Int32>.size)
-        _ = getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &errLen)
-        guard err == 0 else { return nil }
-        guard writeAll(fd, request, deadline) else { return nil }
-        _ = shutdown(fd, Int32(SHUT_WR))
-        return readAll(fd, deadline)
+        var pending: [(port: UInt16, fd: Int32)] = []
+        defer { for p in pending { close(p.fd) } }
+        for port in ports {
+            let fd = socket(host.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            guard fd >= 0 else { continue }
+            var one: Int32 = 1
+            _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            let rc = host.withSockaddr(port: port) { sa, len in connect(fd, sa, len) }
+            if rc != 0 && errno != EINPROGRESS { close(fd); continue }
+            pending.append((port, fd))
+        }
+        // Until every connection is made or refused (or the deadline).
+        var settled = Set<Int32>()
+        while settled.count < pending.count {
+            let now = monotonicNS()
+            if now >= deadline { break }
+            var fds = pending.filter { !settled.contains($0.fd) }.map { pollfd(fd: $0.fd, events: Int16(POLLOUT), revents: 0) }
+            let r = poll(&fds, nfds_t(fds.count), Int32(max(1, (deadline - now) / 1_000_000)))
+            if r < 0 && errno != EINTR { break }
+            for p in fds where p.revents != 0 { settled.insert(p.fd) }
+        }
+        var replies: [(UInt16, [UInt8])] = []
+        for p in pending where settled.contains(p.fd) {
+            var err: Int32 = 0
+            var errLen = socklen_t(MemoryLayout<Int32>.size)
+            _ = getsockopt(p.fd, SOL_SOCKET, SO_ERROR, &err, &errLen)
+            guard err == 0, writeAll(p.fd, request, deadline) else { continue }
+            _ = shutdown(p.fd, Int32(SHUT_WR))
+        }
+        for p in pending where settled.contains(p.fd) {
+            if let reply = readAll(p.fd, deadline), !reply.isEmpty { replies.append((p.port, reply)) }
+        }
+        return replies
     }
 
     static func waitFor(_ fd: Int32, _ events: Int16, _ deadline: UInt64) -> Bool {

@@ -85,10 +85,8 @@ extension Runtime {
                              ports: [PeerHost: [UInt16]] = [:]) -> [[UInt16]] {
         plan.map { host, m in
             let candidates = ports[host] ?? (0..<peers.portCount).map { peers.basePort &+ $0 }
-            return candidates.filter { port in
-                guard let reply = PeerSocket.exchange(host: host, port: port, request: m.encoded(key: nil), timeoutMS: 300) else { return false }
-                return PeerMessage.decode(reply)?.message.verb == answer
-            }
+            return PeerSocket.exchangeAll(host: host, ports: candidates, request: m.encoded(key: nil), timeoutMS: 300)
+                .filter { PeerMessage.decode($0.1)?.message.verb == answer }.map(\.0)
         }
     }
 
