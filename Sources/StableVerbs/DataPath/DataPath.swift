@@ -157,6 +157,13 @@ func svColdUDHeld(_ ctx: UnsafeMutablePointer<sv_context>, _ ah: UnsafeMutablePo
     Runtime.current.waitForUDDestination(ctx, ah, qpn, held)
 }
 
+/// `translated` (the QPN the AH's peer map gave for the application's `qpn`) unless its owner is
+/// moving; then the QPN it moved to, once known (the wait is the cold function's).
+@inline(__always) func svUnlessUDHeld(_ ctx: UnsafeMutablePointer<sv_context>, _ ah: UnsafeMutablePointer<ibv_ah>?,
+                                      _ qpn: UInt32, _ translated: UInt32) -> UInt32 {
+    translated & svUDHeld == 0 ? translated : svColdUDHeld(ctx, ah, qpn, translated)
+}
+
 @inline(__always) func svRemoteQPN(_ ah: UnsafeMutablePointer<ibv_ah>?, _ qpn: UInt32) -> UInt32 {
     guard let ah, let peer = svAH(ah).pointee.peer else { return qpn }
     return svTranslate(svQpns(peer), qpn)

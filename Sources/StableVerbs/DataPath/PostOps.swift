@@ -138,9 +138,8 @@ func svPostSendTranslated(
             }
             if isUD {
                 let vah = d.pointee.wr.ud.ah
-                var qpn = svRemoteQPN(vah, d.pointee.wr.ud.remote_qpn)
-                if qpn & svUDHeld != 0 { qpn = svColdUDHeld(ctx, vah, d.pointee.wr.ud.remote_qpn, qpn) }
-                d.pointee.wr.ud.remote_qpn = qpn
+                let qpn = d.pointee.wr.ud.remote_qpn
+                d.pointee.wr.ud.remote_qpn = svUnlessUDHeld(ctx, vah, qpn, svRemoteQPN(vah, qpn))
                 d.pointee.wr.ud.ah = svRealAH(vah)
             }
         },

@@ -274,8 +274,7 @@ func svOpWrSetUDAddrMoved(
     _ q: UnsafeMutablePointer<sv_qp>, _ r: UnsafeMutablePointer<ibv_qp_ex>, _ ah: UnsafeMutablePointer<ibv_ah>,
     _ remoteQPN: UInt32, _ remoteQkey: UInt32, _ qpns: UnsafeMutablePointer<sv_idmap>
 ) {
-    var qpn = IdentityMap.translateMoved(qpns, remoteQPN)
-    if qpn & svUDHeld != 0 { qpn = svColdUDHeld(q.pointee.ctx.unsafelyUnwrapped, ah, remoteQPN, qpn) }
+    let qpn = svUnlessUDHeld(q.pointee.ctx.unsafelyUnwrapped, ah, remoteQPN, IdentityMap.translateMoved(qpns, remoteQPN))
     r.pointee.wr_set_ud_addr.unsafelyUnwrapped(r, svAH(ah).pointee.real, qpn, remoteQkey)
 }
 

@@ -95,6 +95,8 @@ final class PeerRegistry {
     var wakeFD: Int32 = -1
     let basePort: UInt16
     let portCount: UInt16
+    /// The peer-service ports every shim may listen on (STABLEVERBS_PEER_PORT, _PORTS).
+    var portRange: [UInt16] { (0..<portCount).map { basePort &+ $0 } }
     let timeoutNS: UInt64
     let hostOverride: PeerHost?
     let enabled: Bool
@@ -175,8 +177,7 @@ extension Runtime {
         }
         for (link, hello, host, nonce) in todo {
             var answered = false
-            for i in 0..<peers.portCount {
-                let port = peers.basePort &+ i
+            for port in peers.portRange {
                 guard let reply = PeerSocket.exchange(host: host, port: port, request: hello.encoded(key: nil), timeoutMS: 300),
                       let d = PeerMessage.decode(reply) else { continue }
                 if d.message.verb == "owner", let n2 = d.message["nonce"].flatMap(bytesFromHex) {

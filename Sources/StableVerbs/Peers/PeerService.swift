@@ -18,8 +18,7 @@ extension Runtime {
         guard peers.enabled, !peers.serviceStarted else { return }
         peers.serviceStarted = true
         peers.wakeFD = sv_eventfd(0, 1)
-        for i in 0..<peers.portCount {
-            let port = peers.basePort &+ i
+        for port in peers.portRange {
             let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { break }
             var zero: Int32 = 0, one: Int32 = 1

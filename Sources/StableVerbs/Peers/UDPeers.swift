@@ -84,7 +84,7 @@ extension Runtime {
     private func tellUDHosts(_ plan: [(PeerHost, PeerMessage)], answer: String,
                              ports: [PeerHost: [UInt16]] = [:]) -> [[UInt16]] {
         plan.map { host, m in
-            let candidates = ports[host] ?? (0..<peers.portCount).map { peers.basePort &+ $0 }
+            let candidates = ports[host] ?? peers.portRange
             return PeerSocket.exchangeAll(host: host, ports: candidates, request: m.encoded(key: nil), timeoutMS: 300)
                 .filter { PeerMessage.decode($0.1)?.message.verb == answer }.map(\.0)
         }
@@ -132,7 +132,7 @@ extension Runtime {
         for ((host, m), ports) in zip(plan, tellUDHosts(plan, answer: "noted", ports: holding)) {
             Log.info("peer: told \(ports.count) shim(s) on \(host) where this process's UD QPs are now (\(m["qpns"] ?? ""))")
             if let asked = holding[host] {
-                let others = (0..<peers.portCount).map { peers.basePort &+ $0 }.filter { !asked.contains($0) }
+                let others = peers.portRange.filter { !asked.contains($0) }
                 if !others.isEmpty { rest.append((host, m, others)) }
             }
         }
