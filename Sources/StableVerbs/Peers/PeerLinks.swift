@@ -102,6 +102,10 @@ final class PeerRegistry {
     let enabled: Bool
     /// How long a peer that announced a planned detach is waited for.
     let plannedTimeoutNS: UInt64
+    /// How long a peer that announced an unplanned move is waited for: it noticed its device
+    /// going while a port still worked and said so; the device's return (a NIC replaced, a VF
+    /// re-attached) takes longer than a silent peer is given.
+    let moveTimeoutNS: UInt64
 
     init() {
         basePort = UInt16(Configuration.environment("STABLEVERBS_PEER_PORT").flatMap { UInt16($0) } ?? 18_800)
@@ -110,6 +114,7 @@ final class PeerRegistry {
         hostOverride = Configuration.environment("STABLEVERBS_PEER_HOST").flatMap { PeerHost(text: $0) }
         enabled = Configuration.environment("STABLEVERBS_PEER") != "off"
         plannedTimeoutNS = (Configuration.environment("STABLEVERBS_PEER_PLANNED_TIMEOUT_MS").flatMap { UInt64($0) } ?? 600_000) * 1_000_000
+        moveTimeoutNS = (Configuration.environment("STABLEVERBS_PEER_MOVE_TIMEOUT_MS").flatMap { UInt64($0) } ?? 30_000) * 1_000_000
     }
 }
 

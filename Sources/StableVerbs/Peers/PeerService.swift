@@ -99,9 +99,11 @@ extension Runtime {
         let deadline = monotonicNS() &+ 2_000_000_000
         guard let bytes = PeerSocket.readAll(fd, deadline) else { return }
         if let parts = PeerBatch.decode(bytes) {
-            // Only `moved` claims come in batches; anything else in one is refused part by part.
+            // `moved` claims and `pausing` announcements come in batches (one verb per batch);
+            // anything else in one is refused part by part.
             let decoded = parts.map { PeerMessage.decode($0) ?? (PeerMessage("error"), [], nil) }
-            _ = PeerSocket.writeAll(fd, PeerBatch.encode(answerMoved(decoded)), deadline)
+            let replies = decoded.allSatisfy { $0.message.verb == "pausing" } ? decoded.map(answerPausing) : answerMoved(decoded)
+            _ = PeerSocket.writeAll(fd, PeerBatch.encode(replies), deadline)
             return
         }
         guard let d = PeerMessage.decode(bytes) else { return }

@@ -79,7 +79,8 @@ struct PeerMessage {
     }
 }
 
-/// Several messages in one exchange (a mover reconnecting many links to one peer process):
+/// Several messages in one exchange (a mover announcing its move to, or reconnecting, many links to
+/// one peer process):
 ///
 ///     stableverbs-peer 1 batch\n
 ///     part=<length>\n<the part's bytes: a whole message, signed with its own link's key>  ...

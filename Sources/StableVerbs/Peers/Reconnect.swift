@@ -325,6 +325,7 @@ extension Runtime {
                     applyCounts(link.qp, label: link.label, peer.counts)
                     link.state = .ready
                     link.suspectSince = nil
+                    link.pausedUntil = 0  // the move it announced is over
                     if wasLive {
                         reset.append(link.qp)
                     } else {
@@ -415,14 +416,20 @@ extension Runtime {
             }
             pending = next
             if pending.isEmpty { break }
-            if monotonicNS() >= deadline {
-                withControlLock {
-                    for link in pending where link.state == .awaiting {
-                        Log.warn("peer: \(link.label): the peer shim did not answer within \(peers.timeoutNS / 1_000_000) ms: the connection fails as it would natively")
+            let now = monotonicNS()
+            if now >= deadline {
+                // A peer that announced it is moving too (both ends move) is waited for until the
+                // bound it announced.
+                pending = withControlLock {
+                    pending.filter { link in
+                        guard link.state == .awaiting else { return false }
+                        if now < link.pausedUntil { return true }
+                        Log.warn("peer: \(link.label): the peer shim did not answer within \(ms(now &- start)): the connection fails as it would natively")
                         failLink(link, status: IBV_WC_RETRY_EXC_ERR)
+                        return false
                     }
                 }
-                return
+                if pending.isEmpty { return }
             }
             usleep(delay)
             delay = min(delay * 2, 50_000)
@@ -514,31 +521,46 @@ extension Runtime {
 
     // MARK: - Planned detach
 
-    /// stableverbs_detach: tells the peer of every link of the group that this end is about to go
-    /// away on purpose, so that it waits (STABLEVERBS_PEER_PLANNED_TIMEOUT_MS) rather than giving
-    /// up after the ordinary peer timeout. No lock held on entry.
-    func announcePause(_ group: [ContextRecord]) {
-        let requests: [(PeerLink, [UInt8], PeerHost, UInt16)] = withControlLock {
+    /// Tells the peer of every link of the group that this end is about to go away: on purpose
+    /// (stableverbs_detach: it then waits STABLEVERBS_PEER_PLANNED_TIMEOUT_MS), or because its
+    /// device is being lost while a port still works (an unplanned move: it waits
+    /// STABLEVERBS_PEER_MOVE_TIMEOUT_MS), rather than giving up after the ordinary peer timeout
+    /// that a silent peer gets. No lock held on entry.
+    func announcePause(_ group: [ContextRecord], planned: Bool) {
+        let ms = (planned ? peers.plannedTimeoutNS : peers.moveTimeoutNS) / 1_000_000
+        let links: [PeerLink] = withControlLock {
             group.flatMap { c in
-                c.qps.values.compactMap { q -> (PeerLink, [UInt8], PeerHost, UInt16)? in
-                    guard let l = peers.links[key(q.ptr)], l.state == .ready, let host = l.host else { return nil }
-                    var m = PeerMessage("pausing")
-                    m["from_qpn"] = String(q.virtualQPN)
-                    m["to_qpn"] = String(l.remoteQPN)
-                    m["to_gid"] = gidHex(l.remoteGID)
-                    m["ms"] = String(peers.plannedTimeoutNS / 1_000_000)
-                    return (l, m.encoded(key: l.key), host, l.servicePort)
-                }
+                c.qps.values.compactMap { q in peers.links[key(q.ptr)].flatMap { $0.state == .ready && $0.host != nil ? $0 : nil } }
             }
         }
-        for (link, request, host, port) in requests {
-            let ok = PeerSocket.exchange(host: host, port: port, request: request, timeoutMS: 500)
-                .flatMap { PeerMessage.decode($0) }?.message.verb == "ok"
-            if !ok { Log.warn("peer: \(link.label): the peer did not acknowledge the planned detach; it waits only \(peers.timeoutNS / 1_000_000) ms") }
+        // One exchange per peer process: its links' claims, each signed with its link's key, in a
+        // batch (16 links to one process would otherwise take 16 round trips of the quiesce).
+        for (process, batch) in batchesByPeer(links) {
+            guard let host = process.host else { continue }
+            let requests: [[UInt8]] = withControlLock {
+                batch.map { l in
+                    var m = PeerMessage("pausing")
+                    m["from_qpn"] = String(l.qp.virtualQPN)
+                    m["to_qpn"] = String(l.remoteQPN)
+                    m["to_gid"] = gidHex(l.remoteGID)
+                    m["ms"] = String(ms)
+                    m["planned"] = planned ? "1" : "0"
+                    return m.encoded(key: l.key)
+                }
+            }
+            let request = requests.count == 1 ? requests[0] : PeerBatch.encode(requests)
+            let bytes = PeerSocket.exchange(host: host, port: process.port, request: request,
+                                            timeoutMS: 500 + 20 * Int32(min(requests.count, 100)))
+            let answers: [DecodedPeerMessage?] = requests.count == 1
+                ? [bytes.flatMap(PeerMessage.decode)]
+                : bytes.flatMap(PeerBatch.decode).map { $0.map(PeerMessage.decode) } ?? []
+            for (i, link) in batch.enumerated() where i >= answers.count || answers[i]?.message.verb != "ok" {
+                Log.warn("peer: \(link.label): the peer did not acknowledge the \(planned ? "planned detach" : "move"); it waits only \(peers.timeoutNS / 1_000_000) ms")
+            }
         }
     }
 
-    /// A peer's planned detach (service thread).
+    /// A peer's planned detach or announced move (service thread).
     func answerPausing(_ d: DecodedPeerMessage) -> [UInt8] {
         let m = d.message
         guard let toQPN = m.number("to_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
@@ -552,7 +574,8 @@ extension Runtime {
                 return PeerMessage("denied").encoded(key: nil)
             }
             link.pausedUntil = monotonicNS() &+ min(ms, peers.plannedTimeoutNS / 1_000_000) &* 1_000_000
-            Log.info("peer: \(link.label): the peer announced a planned detach: waiting for it up to \(ms) ms")
+            let what = m["planned"] == "0" ? "that it is moving (its device is being lost)" : "a planned detach"
+            Log.info("peer: \(link.label): the peer announced \(what): waiting for it up to \(ms) ms")
             return PeerMessage("ok").encoded(key: link.key)
         }
     }
@@ -565,6 +588,7 @@ extension Runtime {
         let q = link.qp
         link.state = .unmanaged
         link.suspectSince = nil
+        link.pausedUntil = 0  // the move it announced is over
         var attr = ibv_qp_attr()
         attr.qp_state = IBV_QPS_ERR
         _ = ops.modify_qp?(q.real, &attr, stateMask)

@@ -381,9 +381,15 @@ extension Runtime {
             for c in group where !c.released { sv_ctx_set_state(c.ptr, SV_CTX_RELEASED.rawValue) }
             recovery.polledSince.removeAll()
         }
-        // UD peers hold their sends to this group while it moves (a datagram sent to the released
-        // device would be dropped); the settling below lets those already on their way land.
-        announceUDPause(group, planned: false)
+        // While a port still works (rxe's removal waits for the release; a NIC replaced after the
+        // device was deleted), the peers are told this group is moving: RC peers wait for it
+        // longer than for a silent peer (the device's return can take seconds), UD peers hold
+        // their sends to it (a datagram sent to the released device would be dropped); the
+        // settling below lets those already on their way land.
+        if withControlLock({ group.contains { !$0.released && hasActiveRealPort($0) } }) {
+            announcePause(group, planned: false)
+            announceUDPause(group, planned: false)
+        }
         // A device that still works while its removal waits for us (rxe) keeps executing what was
         // handed to it: let that settle first, or a message delivered (an atomic executed) whose
         // completion had not come back yet would be replayed — delivered twice. A dead device
@@ -442,7 +448,7 @@ extension Runtime {
             if let device, withControlLock({ devices.byName[device] == nil }) { return ENODEV }
             return 0
         }
-        announcePause(group)
+        announcePause(group, planned: true)
         announceUDPause(group, planned: true)
         var times = RecoveryTimes()
         let t0 = monotonicNS()
