@@ -5,7 +5,7 @@ let package = Package(
     name: "StableVerbs",
     products: [
         // libstableverbs.so: LD_PRELOAD it, or link it (-lstableverbs) with include/stableverbs.h.
-        // Build it self-contained with: swift build -c release -Xswiftc -static-stdlib --product stableverbs
+        // Build it self-contained with: swift build -c release -Xswiftc -static-stdlib --omit-frame-pointers --product stableverbs
         .library(name: "stableverbs", type: .dynamic, targets: ["StableVerbs"]),
         // The Swift module, for Swift programs that link the shim directly.
         .library(name: "StableVerbs", targets: ["StableVerbs"]),

@@ -23,7 +23,7 @@ while getopts mj:n: o; do
 done
 shift $((OPTIND - 1))
 lib=${1:-$PWD/.build/release/libstableverbs.so}
-[[ -f "$lib" ]] || { echo "no $lib: build it (swift build -c release -Xswiftc -static-stdlib --product stableverbs)" >&2; exit 2; }
+[[ -f "$lib" ]] || { echo "no $lib: build it (swift build -c release -Xswiftc -static-stdlib --omit-frame-pointers --product stableverbs)" >&2; exit 2; }
 command -v valgrind >/dev/null || { echo "valgrind not found (apt-get install valgrind)" >&2; exit 2; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -27,7 +27,7 @@ enum Lab {
     static var library: String { paths?.library ?? "" }
     static var libraryMissing: String? {
         FileManager.default.fileExists(atPath: library) ? nil
-            : "\(library) does not exist: build it with `swift build -c release -Xswiftc -static-stdlib --product stableverbs`, or set STABLEVERBS_LIB"
+            : "\(library) does not exist: build it with `swift build -c release -Xswiftc -static-stdlib --omit-frame-pointers --product stableverbs`, or set STABLEVERBS_LIB"
     }
     static var shimAvailable: Bool { available && libraryMissing == nil }
     /// The `stableverbs` command the guests get (LabPaths.command).

@@ -22,7 +22,7 @@ enum Harness {
         guard FileManager.default.fileExists(atPath: path) else {
             return .failure(HarnessError(
                 "no shim library at \(path)\(env == nil ? "" : " (STABLEVERBS_LIB)"): build it first: scripts/test does "
-                    + "(swift build -c release -Xswiftc -static-stdlib --product stableverbs)"))
+                    + "(swift build -c release -Xswiftc -static-stdlib --omit-frame-pointers --product stableverbs)"))
         }
         return .success(path)
     }()

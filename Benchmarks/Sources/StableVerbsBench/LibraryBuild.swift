@@ -6,7 +6,7 @@ struct LibraryBuild {
     func run(with runner: StepRunner) async throws {
         var arguments = [
             "build", "--package-path", Workspace.root.path,
-            "-c", "release", "-Xswiftc", "-static-stdlib", "--product", "stableverbs",
+            "-c", "release", "-Xswiftc", "-static-stdlib", "--omit-frame-pointers", "--product", "stableverbs",
         ]
         if let jobs { arguments += ["-j", String(jobs)] }
         try await runner.run("swift", arguments, what: "building libstableverbs.so (swift \(arguments.joined(separator: " ")))")
