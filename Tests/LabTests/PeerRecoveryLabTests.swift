@@ -78,9 +78,9 @@ extension LabTests {
     func peerEveryWay(program: String) async throws {
         let runs: [(how: String, losses: Int)] = losses.map { k in [("delete", k), ("nic", min(k, 3)), ("planned", k)] }
             ?? [("delete,nic,planned", 3)]
-        // The counts when the full run is asked for: ibv_rc_pingpong -n 200000 (≈50 min here:
-        // 20 000 iterations through 5 deletions took 303 s on 2026-11-30), ib_write_lat -n 100000
-        // (1 298 s through 5 deletions).
+        // The counts when the full run is asked for: ibv_rc_pingpong -n 200000 (2 928 s
+        // through 5 deletions by hand on 2026-11-30), ib_write_lat -n 100000 (1 298 s through 5
+        // deletions).
         let full: [String: (iterations: Int, seconds: Int)] = ["ibv_rc_pingpong": (200_000, 4_500), "ib_write_lat": (100_000, 2_400)]
         for (how, k) in runs {
             let n = losses != nil ? full[program]?.iterations ?? iterations(program, losses: k) : iterations(program, losses: k)

@@ -9,7 +9,7 @@
 // socket is bound under a temporary name, made 0600, listened on, then renamed into place: a client
 // never finds a path nobody listens on, and an old socket of a recycled pid is replaced atomically.
 // An atexit handler removes it (only in the process that made it: a fork child inherits the
-// handler). A fork child has no server thread and another pid: its next context open closes the
+// handler) and lets a request being served send its reply first (≤ 2 s). A fork child has no server thread and another pid: its next context open closes the
 // inherited listening fd (the parent's socket stays) and makes the child's own socket.
 //
 // Threads. One accept thread; each accepted connection is served on its own short-lived thread, so
@@ -100,10 +100,16 @@ enum ControlSocket {
         return nil
     }
 
-    /// The atexit handler: removes the socket of the process that made it.
+    /// The atexit handler: removes the socket of the process that made it, then gives a request
+    /// being served (an attach the application saw complete and exited right after, say) up to
+    /// 2 s to send its reply, so that the command reports what happened instead of a connection
+    /// closed without an answer. (`connections` is read without the lock: the process is exiting,
+    /// and the thread that exits might hold it.)
     private static func removeAtExit() {
         guard ownerPID == getpid(), let path else { return }
         _ = unlink(path)
+        let deadline = monotonicNS() &+ 2_000_000_000
+        while connections > 0 && monotonicNS() < deadline { usleep(1_000) }
     }
 
     /// The socket path of this process, if it has one (control lock).

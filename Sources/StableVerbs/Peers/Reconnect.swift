@@ -519,7 +519,7 @@ extension Runtime {
         }
     }
 
-    // MARK: - Planned detach
+    // MARK: - Announced moves (planned detach, or a loss noticed while a port works)
 
     /// Tells the peer of every link of the group that this end is about to go away: on purpose
     /// (stableverbs_detach: it then waits STABLEVERBS_PEER_PLANNED_TIMEOUT_MS), or because its
