@@ -9,8 +9,9 @@
 // socket is bound under a temporary name, made 0600, listened on, then renamed into place: a client
 // never finds a path nobody listens on, and an old socket of a recycled pid is replaced atomically.
 // An atexit handler removes it (only in the process that made it: a fork child inherits the
-// handler) and lets a request being served send its reply first (≤ 2 s). A fork child has no server thread and another pid: its next context open closes the
-// inherited listening fd (the parent's socket stays) and makes the child's own socket.
+// handler) and lets a request being served send its reply first (≤ 2 s). A fork child has no server
+// thread and another pid: its next context open closes the inherited listening fd (the parent's
+// socket stays) and makes the child's own socket.
 //
 // Threads. One accept thread; each accepted connection is served on its own short-lived thread, so
 // a `status` is answered while another client's attach waits for a device. Peers must have this
