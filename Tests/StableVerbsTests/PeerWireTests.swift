@@ -126,30 +126,74 @@ struct PeerWireTests {
         return (fd, UInt16(bigEndian: sa.sin_port))
     }
 
+    /// Answers one connection on listening socket `fd` (a thread): the whole request, then `reply`'s bytes.
+    private func serveOnce(_ fd: Int32, reply: @escaping @Sendable ([UInt8]) -> [UInt8]) {
+        Thread.detachNewThread {
+            let c = accept(fd, nil, nil)
+            guard c >= 0 else { return }
+            var request = [UInt8]()
+            var buf = [UInt8](repeating: 0, count: 256)
+            while true {
+                let n = recv(c, &buf, buf.count, 0)
+                if n <= 0 { break }
+                request += buf[0..<n]
+            }
+            let bytes = reply(request)
+            _ = send(c, bytes, bytes.count, Int32(MSG_NOSIGNAL))
+            close(c)
+        }
+    }
+
     @Test("exchangeAll asks every port at once and returns the replies of those that answer, in port order")
     func exchangeAllPorts() throws {
         let a = loopbackSocket(listening: true), b = loopbackSocket(listening: true)
         let refused = loopbackSocket(listening: false)   // bound, not listening: connection refused
         defer { for s in [a, b, refused] { close(s.fd) } }
         for (s, word) in [(a, "one"), (b, "two")] {
-            Thread.detachNewThread {
-                let c = accept(s.fd, nil, nil)
-                guard c >= 0 else { return }
-                var request = [UInt8]()
-                var buf = [UInt8](repeating: 0, count: 256)
-                while true {
-                    let n = recv(c, &buf, buf.count, 0)
-                    if n <= 0 { break }
-                    request += buf[0..<n]
-                }
-                let reply = Array("\(String(decoding: request, as: UTF8.self)) -> \(word)".utf8)
-                _ = send(c, reply, reply.count, Int32(MSG_NOSIGNAL))
-                close(c)
-            }
+            serveOnce(s.fd) { Array("\(String(decoding: $0, as: UTF8.self)) -> \(word)".utf8) }
         }
         let host = try #require(PeerHost(text: "127.0.0.1"))
         let replies = PeerSocket.exchangeAll(host: host, ports: [refused.port, b.port, a.port], request: Array("ping".utf8), timeoutMS: 2000)
         #expect(replies.map(\.0) == [b.port, a.port])
         #expect(replies.map { String(decoding: $0.1, as: UTF8.self) } == ["ping -> two", "ping -> one"])
+    }
+
+    @Test("exchangeParts: one request goes alone, several as a batch; answers per request, all nil when the count differs or nobody answers")
+    func exchangeParts() throws {
+        let host = try #require(PeerHost(text: "127.0.0.1"))
+        let (keyA, keyB) = (self.keyA, self.keyB)
+        let requests = [moved(1).encoded(key: keyA), moved(2).encoded(key: keyB)]
+        // Each part answered `ok` under the key of the link it names (to_qpn 1: keyA, 2: keyB).
+        let answerParts: @Sendable ([UInt8]) -> [[UInt8]] = { bytes in
+            let parts = PeerBatch.decode(bytes) ?? [bytes]
+            return parts.map { p in
+                let qpn = PeerMessage.decode(p)?.message["to_qpn"] ?? "?"
+                var m = PeerMessage("ok")
+                m["to_qpn"] = qpn
+                return m.encoded(key: qpn == "1" ? keyA : keyB)
+            }
+        }
+        let batch = loopbackSocket(listening: true), single = loopbackSocket(listening: true)
+        let short = loopbackSocket(listening: true), refused = loopbackSocket(listening: false)
+        defer { for s in [batch, single, short, refused] { close(s.fd) } }
+        serveOnce(batch.fd) { PeerBatch.encode(answerParts($0)) }
+        serveOnce(single.fd) { PeerBatch.decode($0) == nil ? answerParts($0)[0] : [] }
+        serveOnce(short.fd) { PeerBatch.encode(Array(answerParts($0).prefix(1))) }
+
+        let both = PeerSocket.exchangeParts(host: host, port: batch.port, requests: requests, timeoutMS: 2000)
+        #expect(both.count == 2)
+        #expect(both.map { $0?.message["to_qpn"] } == ["1", "2"])
+        #expect(both[0].map { PeerMessage.verify($0, key: keyA) } == true)
+        #expect(both[1].map { PeerMessage.verify($0, key: keyB) } == true)
+        #expect(both[1].map { PeerMessage.verify($0, key: keyA) } == false)
+
+        let one = PeerSocket.exchangeParts(host: host, port: single.port, requests: [requests[0]], timeoutMS: 2000)
+        #expect(one.count == 1 && one[0]?.message.verb == "ok" && one[0]?.message["to_qpn"] == "1")
+
+        let mismatched = PeerSocket.exchangeParts(host: host, port: short.port, requests: requests, timeoutMS: 2000)
+        #expect(mismatched.count == 2 && mismatched.allSatisfy { $0 == nil })
+        let unreachable = PeerSocket.exchangeParts(host: host, port: refused.port, requests: requests, timeoutMS: 500)
+        #expect(unreachable.count == 2 && unreachable.allSatisfy { $0 == nil })
+        #expect(PeerSocket.exchangeParts(host: host, port: refused.port, requests: [], timeoutMS: 500).isEmpty)
     }
 }

@@ -164,6 +164,19 @@ enum PeerSocket {
         exchangeAll(host: host, ports: [port], request: request, timeoutMS: timeoutMS).first?.1
     }
 
+    /// One exchange of several signed messages with the shim at host:port: one alone, more as a
+    /// `PeerBatch`. The answers, decoded, one per request in order; all nil when the peer cannot
+    /// be reached, does not answer in time, or answers with another number of parts.
+    static func exchangeParts(host: PeerHost, port: UInt16, requests: [[UInt8]], timeoutMS: Int32) -> [DecodedPeerMessage?] {
+        let none = [DecodedPeerMessage?](repeating: nil, count: requests.count)
+        guard !requests.isEmpty else { return [] }
+        let request = requests.count == 1 ? requests[0] : PeerBatch.encode(requests)
+        guard let bytes = exchange(host: host, port: port, request: request, timeoutMS: timeoutMS) else { return none }
+        if requests.count == 1 { return [PeerMessage.decode(bytes)] }
+        guard let parts = PeerBatch.decode(bytes), parts.count == requests.count else { return none }
+        return parts.map(PeerMessage.decode)
+    }
+
     /// `exchange` with every port in `ports` of `host` at once: the connections are made
     /// concurrently (most ports of a peer range have no shim: a refused connection costs a round
     /// trip, which across many ports was the cost of a UD announcement); the requests then go to

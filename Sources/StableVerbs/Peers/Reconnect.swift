@@ -466,17 +466,10 @@ extension Runtime {
             }
         }
         let live = zip(batch, prepared).compactMap { link, p in p.map { (link, $0) } }
-        guard let first = live.first else { return batch.map { _ in "done" } }
+        guard !live.isEmpty else { return batch.map { _ in "done" } }
         let sent = monotonicNS()
-        let request = live.count == 1 ? first.1.request : PeerBatch.encode(live.map(\.1.request))
-        let bytes = PeerSocket.exchange(host: host, port: port, request: request, timeoutMS: 1000 + 100 * Int32(min(live.count, 100)))
-        var answers: [DecodedPeerMessage?]
-        if let bytes, live.count > 1 {
-            answers = (PeerBatch.decode(bytes) ?? []).map(PeerMessage.decode)
-            if answers.count != live.count { answers = live.map { _ in nil } }
-        } else {
-            answers = [bytes.flatMap(PeerMessage.decode)]
-        }
+        let answers = PeerSocket.exchangeParts(host: host, port: port, requests: live.map(\.1.request),
+                                               timeoutMS: 1000 + 100 * Int32(min(live.count, 100)))
         let took = ms(monotonicNS() &- sent)
         if live.count > 1 { Log.info("peer: `moved` for \(live.count) links to \(host) port \(port) answered in \(took)") }
         var outcomes: [UInt: String] = [:]
@@ -548,13 +541,9 @@ extension Runtime {
                     return m.encoded(key: l.key)
                 }
             }
-            let request = requests.count == 1 ? requests[0] : PeerBatch.encode(requests)
-            let bytes = PeerSocket.exchange(host: host, port: process.port, request: request,
-                                            timeoutMS: 500 + 20 * Int32(min(requests.count, 100)))
-            let answers: [DecodedPeerMessage?] = requests.count == 1
-                ? [bytes.flatMap(PeerMessage.decode)]
-                : bytes.flatMap(PeerBatch.decode).map { $0.map(PeerMessage.decode) } ?? []
-            for (i, link) in batch.enumerated() where i >= answers.count || answers[i]?.message.verb != "ok" {
+            let answers = PeerSocket.exchangeParts(host: host, port: process.port, requests: requests,
+                                                   timeoutMS: 500 + 20 * Int32(min(requests.count, 100)))
+            for (link, d) in zip(batch, answers) where d?.message.verb != "ok" {
                 Log.warn("peer: \(link.label): the peer did not acknowledge the \(planned ? "planned detach" : "move"); it waits only \(peers.timeoutNS / 1_000_000) ms")
             }
         }

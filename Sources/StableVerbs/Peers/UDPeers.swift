@@ -92,13 +92,12 @@ extension Runtime {
 
     /// Before the release: asks the hosts this group's address handles point to to hold their UD
     /// sends to its UD QPs until it says where they went (or for the planned or the move timeout).
-    /// Skipped when no port of the group is active (nothing to speak through). No lock held.
+    /// Called by announceMove (only while a port of the group works). No lock held.
     func announceUDPause(_ group: [ContextRecord], planned: Bool) {
         guard peers.enabled else { return }
         let ms = (planned ? peers.plannedTimeoutNS : peers.moveTimeoutNS) / 1_000_000
         let plan: [(PeerHost, PeerMessage)] = withControlLock {
-            guard group.contains(where: { c in !c.released && hasActiveRealPort(c) }) else { return [] }
-            return udAnnouncements(group, verb: "ud-pausing") { m, ud in
+            udAnnouncements(group, verb: "ud-pausing") { m, ud in
                 m["qpns"] = ud.map { String($0.virtualQPN) }.joined(separator: ",")
                 m["ms"] = String(ms)
             }

@@ -381,15 +381,9 @@ extension Runtime {
             for c in group where !c.released { sv_ctx_set_state(c.ptr, SV_CTX_RELEASED.rawValue) }
             recovery.polledSince.removeAll()
         }
-        // While a port still works (rxe's removal waits for the release; a NIC replaced after the
-        // device was deleted), the peers are told this group is moving: RC peers wait for it
-        // longer than for a silent peer (the device's return can take seconds), UD peers hold
-        // their sends to it (a datagram sent to the released device would be dropped); the
-        // settling below lets those already on their way land.
-        if withControlLock({ group.contains { !$0.released && hasActiveRealPort($0) } }) {
-            announcePause(group, planned: false)
-            announceUDPause(group, planned: false)
-        }
+        // While a port still works the peers are told this group is moving (announceMove); the
+        // settling below lets the datagrams already on their way land.
+        announceMove(group, planned: false)
         // A device that still works while its removal waits for us (rxe) keeps executing what was
         // handed to it: let that settle first, or a message delivered (an atomic executed) whose
         // completion had not come back yet would be replayed — delivered twice. A dead device
@@ -448,8 +442,7 @@ extension Runtime {
             if let device, withControlLock({ devices.byName[device] == nil }) { return ENODEV }
             return 0
         }
-        announcePause(group, planned: true)
-        announceUDPause(group, planned: true)
+        announceMove(group, planned: true)
         var times = RecoveryTimes()
         let t0 = monotonicNS()
         times.startedAt = t0
@@ -590,6 +583,19 @@ extension Runtime {
     }
 
     /// Whether a port of `c`'s real device is still active (the device still works). Control lock.
+    /// Tells the group's peers in other processes that it is about to move. RC peers then wait
+    /// for it longer than for a silent peer (the device's return can take seconds); UD peers hold
+    /// their sends to it (a datagram sent to a released device would be dropped). Only while a
+    /// port of the group still works (rxe's removal waits for the release; a NIC replaced after
+    /// its device was deleted) — with none the datagrams are lost anyway, and an unplanned loss
+    /// (a NIC pulled) may have taken the route to the peers too — except that a planned detach
+    /// is always announced to RC peers. No lock held on entry.
+    func announceMove(_ group: [ContextRecord], planned: Bool) {
+        let portWorks = withControlLock { group.contains { !$0.released && hasActiveRealPort($0) } }
+        if planned || portWorks { announcePause(group, planned: planned) }
+        if portWorks { announceUDPause(group, planned: planned) }
+    }
+
     func hasActiveRealPort(_ c: ContextRecord) -> Bool {
         var attr = ibv_port_attr()
         return (1...max(1, c.ports.count)).contains { c.queryRealPort(UInt8($0), &attr) == 0 && attr.state == IBV_PORT_ACTIVE }
