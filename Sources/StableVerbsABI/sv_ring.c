@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include "sv_objects.h"
 
 static uint32_t pow2(uint32_t v)
@@ -449,6 +450,9 @@ static void retire_recv(struct sv_wr_ring *r, uint64_t wr_id)
 	advance(r, head, tail);
 }
 
+static inline struct sv_qp_index *current_index(struct sv_context *ctx);
+static inline struct sv_qp *index_find(const struct sv_qp_index *t, uint32_t qpn);
+
 static inline void retire(struct sv_qp *q, const struct ibv_wc *w, int error)
 {
 	if (w->opcode & IBV_WC_RECV) {
@@ -465,11 +469,15 @@ static inline void retire(struct sv_qp *q, const struct ibv_wc *w, int error)
 
 int sv_ring_retire(struct sv_context *ctx, const struct ibv_wc *wc, int n)
 {
+	/* Loaded after the provider's poll: a QP whose completion it returned was indexed before. */
+	const struct sv_qp_index *t = current_index(ctx);
+	if (!t)
+		return n;
 	for (int i = 0; i < n; i++) {
 		const struct ibv_wc *w = wc + i;
 		if (w->status != IBV_WC_SUCCESS)
 			return i;
-		struct sv_qp *q = sv_qp_index_find(ctx, w->qp_num);
+		struct sv_qp *q = index_find(t, w->qp_num);
 		if (q)
 			retire(q, w, 0);
 	}
@@ -485,57 +493,175 @@ void sv_ring_retire_one(struct sv_context *ctx, const struct ibv_wc *w)
 
 /* ---- real QPN -> QP ---------------------------------------------------------------------- */
 
-static inline uint32_t slot_of(uint32_t qpn) { return (qpn * 2654435761u) & (SV_QP_INDEX_CAPACITY - 1); }
+#define QPN_EMPTY 0u
+#define QPN_REMOVED 0xFFFFFFFFu
+
+static inline uint32_t slot_of(const struct sv_qp_index *t, uint32_t qpn) { return (qpn * 2654435761u) & t->mask; }
+
+static inline struct sv_qp_index *current_index(struct sv_context *ctx)
+{
+	return __atomic_load_n(&ctx->qp_index, __ATOMIC_ACQUIRE);
+}
+
+static struct sv_qp_index *index_alloc(uint32_t slots)
+{
+	struct sv_qp_index *t = calloc(1, sizeof(*t) + (size_t)slots * sizeof(struct sv_qp_index_slot));
+	if (t)
+		t->mask = slots - 1;
+	return t;
+}
+
+static uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Places qpn -> qp in the first empty or removed slot of its probe (or its own). Table at most half full. */
+static void index_put(struct sv_qp_index *t, uint32_t qpn, struct sv_qp *qp)
+{
+	uint32_t i = slot_of(t, qpn), reuse = UINT32_MAX;
+	for (uint32_t k = 0; k <= t->mask; k++, i = (i + 1) & t->mask) {
+		uint32_t cur = atomic_load_explicit(&t->slots[i].qpn, memory_order_relaxed);
+		if (cur == qpn) {
+			atomic_store_explicit(&t->slots[i].qp, qp, memory_order_release);
+			return;
+		}
+		if (cur == QPN_REMOVED && reuse == UINT32_MAX)
+			reuse = i;
+		if (cur == QPN_EMPTY)
+			break;
+	}
+	if (reuse == UINT32_MAX)
+		t->used++;
+	else
+		i = reuse;
+	t->live++;
+	atomic_store_explicit(&t->slots[i].qp, qp, memory_order_release);
+	atomic_store_explicit(&t->slots[i].qpn, qpn, memory_order_release);
+}
+
+int sv_qp_index_create(struct sv_context *ctx)
+{
+	struct sv_qp_index *t = index_alloc(SV_QP_INDEX_INITIAL);
+	if (!t)
+		return ENOMEM;
+	__atomic_store_n(&ctx->qp_index, t, __ATOMIC_RELEASE);
+	return 0;
+}
+
+void sv_qp_index_destroy(struct sv_context *ctx)
+{
+	struct sv_qp_index *t = ctx->qp_index;
+	__atomic_store_n(&ctx->qp_index, NULL, __ATOMIC_RELEASE);
+	while (t) {
+		struct sv_qp_index *older = t->older;
+		free(t);
+		t = older;
+	}
+}
+
+/* A table with room for one more (at most half full after the insert): the current one, or its
+ * replacement (twice the slots when over a quarter of them hold live QPs, else as many: the
+ * removed ones are dropped), published. Tables replaced long enough ago are freed. */
+static struct sv_qp_index *index_with_room(struct sv_context *ctx)
+{
+	struct sv_qp_index *t = ctx->qp_index;
+	if ((t->used + 1) * 2 <= t->mask + 1)
+		return t;
+	uint32_t slots = t->mask + 1;
+	while ((t->live + 1) * 4 > slots)
+		slots *= 2;
+	struct sv_qp_index *n = index_alloc(slots);
+	if (!n)
+		return NULL;
+	for (uint32_t i = 0; i <= t->mask; i++) {
+		uint32_t qpn = atomic_load_explicit(&t->slots[i].qpn, memory_order_relaxed);
+		if (qpn != QPN_EMPTY && qpn != QPN_REMOVED)
+			index_put(n, qpn, atomic_load_explicit(&t->slots[i].qp, memory_order_relaxed));
+	}
+	uint64_t now = monotonic_ns();
+	t->retired_at = now;
+	n->older = t;
+	__atomic_store_n(&ctx->qp_index, n, __ATOMIC_RELEASE);
+	/* Each table was retired no later than the one before it in the chain: free from the first
+	 * that has been retired long enough. */
+	for (struct sv_qp_index **link = &n->older; *link; link = &(*link)->older) {
+		if (now - (*link)->retired_at >= SV_QP_INDEX_RETIRED_NS) {
+			struct sv_qp_index *old = *link;
+			*link = NULL;
+			while (old) {
+				struct sv_qp_index *next = old->older;
+				free(old);
+				old = next;
+			}
+			break;
+		}
+	}
+	return n;
+}
 
 int sv_qp_index_insert(struct sv_context *ctx, uint32_t qpn, struct sv_qp *qp)
 {
-	if (!ctx->qp_index || qpn == 0 || qpn == 0xFFFFFFFFu)
+	if (!ctx->qp_index || qpn == QPN_EMPTY || qpn == QPN_REMOVED)
 		return EINVAL;
-	uint32_t i = slot_of(qpn);
-	for (uint32_t k = 0; k < SV_QP_INDEX_CAPACITY / 2; k++, i = (i + 1) & (SV_QP_INDEX_CAPACITY - 1)) {
-		struct sv_qp_index_slot *s = &ctx->qp_index[i];
-		uint32_t cur = atomic_load_explicit(&s->qpn, memory_order_relaxed);
-		if (cur == 0 || cur == 0xFFFFFFFFu || cur == qpn) {
-			atomic_store_explicit(&s->qp, qp, memory_order_release);
-			atomic_store_explicit(&s->qpn, qpn, memory_order_release);
-			return 0;
-		}
-	}
-	return ENOSPC;
+	struct sv_qp_index *t = index_with_room(ctx);
+	if (!t)
+		return ENOMEM;
+	index_put(t, qpn, qp);
+	return 0;
 }
 
 void sv_qp_index_remove(struct sv_context *ctx, uint32_t qpn)
 {
-	if (!ctx->qp_index)
-		return;
-	uint32_t i = slot_of(qpn);
-	for (uint32_t k = 0; k < SV_QP_INDEX_CAPACITY / 2; k++, i = (i + 1) & (SV_QP_INDEX_CAPACITY - 1)) {
-		struct sv_qp_index_slot *s = &ctx->qp_index[i];
-		uint32_t cur = atomic_load_explicit(&s->qpn, memory_order_relaxed);
-		if (cur == 0)
-			return;
-		if (cur == qpn) {
-			atomic_store_explicit(&s->qp, NULL, memory_order_release);
-			atomic_store_explicit(&s->qpn, 0xFFFFFFFFu, memory_order_release);
-			return;
+	for (struct sv_qp_index *t = ctx->qp_index; t; t = t->older) {
+		uint32_t i = slot_of(t, qpn);
+		for (uint32_t k = 0; k <= t->mask; k++, i = (i + 1) & t->mask) {
+			uint32_t cur = atomic_load_explicit(&t->slots[i].qpn, memory_order_relaxed);
+			if (cur == QPN_EMPTY)
+				break;
+			if (cur == qpn) {
+				atomic_store_explicit(&t->slots[i].qp, NULL, memory_order_release);
+				atomic_store_explicit(&t->slots[i].qpn, QPN_REMOVED, memory_order_release);
+				t->live--;
+				break;
+			}
 		}
 	}
 }
 
-struct sv_qp *sv_qp_index_find(struct sv_context *ctx, uint32_t qpn)
+static inline struct sv_qp *index_find(const struct sv_qp_index *t, uint32_t qpn)
 {
-	struct sv_qp_index_slot *idx = ctx->qp_index;
-	if (!idx)
-		return NULL;
-	uint32_t i = slot_of(qpn);
-	for (uint32_t k = 0; k < SV_QP_INDEX_CAPACITY / 2; k++, i = (i + 1) & (SV_QP_INDEX_CAPACITY - 1)) {
-		uint32_t cur = atomic_load_explicit(&idx[i].qpn, memory_order_acquire);
+	uint32_t i = slot_of(t, qpn);
+	for (uint32_t k = 0; k <= t->mask; k++, i = (i + 1) & t->mask) {
+		uint32_t cur = atomic_load_explicit(&t->slots[i].qpn, memory_order_acquire);
 		if (cur == qpn)
-			return atomic_load_explicit(&idx[i].qp, memory_order_acquire);
-		if (cur == 0)
+			return atomic_load_explicit(&t->slots[i].qp, memory_order_acquire);
+		if (cur == QPN_EMPTY)
 			return NULL;
 	}
 	return NULL;
+}
+
+struct sv_qp *sv_qp_index_find(struct sv_context *ctx, uint32_t qpn)
+{
+	struct sv_qp_index *t = current_index(ctx);
+	return t ? index_find(t, qpn) : NULL;
+}
+
+uint32_t sv_qp_index_slots(struct sv_context *ctx)
+{
+	struct sv_qp_index *t = current_index(ctx);
+	return t ? t->mask + 1 : 0;
+}
+
+uint32_t sv_qp_index_tables(struct sv_context *ctx)
+{
+	uint32_t n = 0;
+	for (struct sv_qp_index *t = current_index(ctx); t; t = t->older)
+		n++;
+	return n;
 }
 
 int sv_eventfd(int semaphore, int nonblock)

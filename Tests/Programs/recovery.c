@@ -86,7 +86,7 @@
 #define B_COUNTER_OFF 16384   /* B: the FETCH_AND_ADD counter */
 #define B_PONG_OFF 20480      /* B: pong send */
 #define BUF_SIZE 24576
-#define MAX_PAIRS 2048
+#define MAX_PAIRS 4090 /* the software HCA's largest CQ: 8 completions a pair + 16 <= 32 767 */
 #define POLL_BATCH 64
 
 struct msg {

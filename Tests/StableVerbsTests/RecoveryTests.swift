@@ -118,6 +118,19 @@ struct RecoveryTests {
         if let b = out.line(startingWith: "recovery: blackout median") { print("\(mode), 500 pairs, 1000 more MRs: \(b)") }
     }
 
+    /// 8 180 QPs in one context: its real-QPN index grows from 1 024 slots through several tables
+    /// while they are created, and each rebuild takes every QP out and puts it back under its new
+    /// real QPN; a QP it lost would have its completed work replayed (duplicates, which B catches).
+    @Test("8 180 QPs in one context recover (the real-QPN index grows)")
+    func eightThousandQPs() throws {
+        let out = try Harness.runProgram("recovery", ["-m", "fatal", "-q", "4090", "-n", "4", "-k", "2"], setup: .ethOneDevice,
+                                         extraEnvironment: recoveryEnvironment)
+        #expect(out.status == 0 && !out.timedOut, "\(out)")
+        #expect(out.line(startingWith: "recovery: fatal, 65440 messages, 2 recoveries, 1 devices, 0 errors") != nil, "\(out)")
+        #expect(!out.stderr.contains("not tracked"), "\(out)")
+        #expect(recoveryLines(out).count == 2, "\(out)")
+    }
+
     /// Both ends in this process, and the device dies before it writes the completions of one side
     /// (not flushed: gone). lostacks: A never saw its delivered SENDs acknowledged — each end's
     /// count from the other's rings retires them (else B gets them twice: 6 here); atomics before

@@ -187,8 +187,7 @@ extension Runtime {
             rec.asyncFD = efd
             rec.ptr.pointee.vctx.context.async_fd = efd
         }
-        rec.ptr.pointee.qp_index = calloc(Int(SV_QP_INDEX_CAPACITY), MemoryLayout<sv_qp_index_slot>.stride)?
-            .assumingMemoryBound(to: sv_qp_index_slot.self)
+        if sv_qp_index_create(rec.ptr) != 0 { Log.warn("out of memory for the real-QPN index: work is not tracked for recovery") }
         rec.currentDeviceName = rec.device.name
         setNonBlocking(rec.real.pointee.async_fd)
         startWatcher()
@@ -198,8 +197,7 @@ extension Runtime {
 
     func finishRecovery(_ rec: ContextRecord) {
         if rec.asyncFD >= 0 { Glibc.close(rec.asyncFD) }
-        free(rec.ptr.pointee.qp_index)
-        rec.ptr.pointee.qp_index = nil
+        sv_qp_index_destroy(rec.ptr)
         recovery.triggered.remove(key(rec.ptr))
         wakeWatcher()
     }
@@ -230,9 +228,8 @@ extension Runtime {
             }
             p.pointee.recv_ring = recv
         }
-        if sv_qp_index_insert(ctx.ptr, p.pointee.real_qpn, p) != 0 {
-            Log.warn("QP \(hex(rec.virtualQPN)): real-QPN index full; its work is not tracked for recovery")
-        }
+        let rc = sv_qp_index_insert(ctx.ptr, p.pointee.real_qpn, p)
+        if rc != 0 { Log.warn("QP \(hex(rec.virtualQPN)): not in the real-QPN index (errno \(rc)); its work is not tracked for recovery") }
         return true
     }
 

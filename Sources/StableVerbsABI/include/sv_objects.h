@@ -118,7 +118,7 @@ struct sv_context {
 	struct sv_idmap lid_down;  /* virtual LID -> real LID (modify_qp, AH attributes) */
 	struct sv_peer_ids ids;    /* this context's own rkeys/QPNs, for local peers */
 	void *core;
-	struct sv_qp_index_slot *qp_index; /* SV_QP_INDEX_CAPACITY slots (recovery work rings) */
+	struct sv_qp_index *qp_index; /* real QPN -> QP (recovery work rings); sv_qp_index_create */
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -230,17 +230,35 @@ void sv_ring_retire_one(struct sv_context *ctx, const struct ibv_wc *wc);
 /* eventfd(0, EFD_CLOEXEC | (semaphore ? EFD_SEMAPHORE : 0) | (nonblock ? EFD_NONBLOCK : 0)). */
 int sv_eventfd(int semaphore, int nonblock);
 
-/* Real QPN -> virtual QP, per context, for the poll path (fixed capacity, lock-free readers,
- * writers under the control lock). */
-#define SV_QP_INDEX_CAPACITY 8192u
+/* Real QPN -> virtual QP, per context, for the poll path: open addressing, linear probing, at
+ * most half full. Readers are lock-free; writers (insert, remove, create, destroy) hold the
+ * control lock. A table that fills up is replaced by one twice its size, published with one
+ * release store; the replaced one stays readable (a poller may be inside it) and removals still
+ * reach it, so it never names a destroyed QP; it is freed at a later replacement once
+ * SV_QP_INDEX_RETIRED_NS have passed, or when the context closes. */
+#define SV_QP_INDEX_INITIAL 1024u
+#define SV_QP_INDEX_RETIRED_NS 5000000000ull
 struct sv_qp_index_slot {
 	_Atomic(uint32_t) qpn;   /* 0: empty, 0xFFFFFFFF: removed */
 	uint32_t reserved;
 	_Atomic(struct sv_qp *) qp;
 };
-int sv_qp_index_insert(struct sv_context *ctx, uint32_t real_qpn, struct sv_qp *qp);
+struct sv_qp_index {
+	uint32_t mask;               /* slots - 1 (a power of two) */
+	uint32_t used;               /* slots not empty: live or removed */
+	uint32_t live;
+	uint32_t reserved;
+	uint64_t retired_at;         /* CLOCK_MONOTONIC ns it was replaced at; 0 while current */
+	struct sv_qp_index *older;   /* the tables this one replaced, newest first */
+	struct sv_qp_index_slot slots[];
+};
+int sv_qp_index_create(struct sv_context *ctx);          /* 0 or ENOMEM */
+void sv_qp_index_destroy(struct sv_context *ctx);        /* every table, current and replaced */
+int sv_qp_index_insert(struct sv_context *ctx, uint32_t real_qpn, struct sv_qp *qp); /* 0, EINVAL, ENOMEM */
 void sv_qp_index_remove(struct sv_context *ctx, uint32_t real_qpn);
 struct sv_qp *sv_qp_index_find(struct sv_context *ctx, uint32_t real_qpn);
+uint32_t sv_qp_index_slots(struct sv_context *ctx);      /* the current table's size (tests) */
+uint32_t sv_qp_index_tables(struct sv_context *ctx);     /* tables kept, current included (tests) */
 
 struct sv_pd {
 	struct ibv_pd pd;
