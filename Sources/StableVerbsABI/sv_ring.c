@@ -491,6 +491,18 @@ void sv_ring_retire_one(struct sv_context *ctx, const struct ibv_wc *w)
 		retire(q, w, w->status != IBV_WC_SUCCESS);
 }
 
+void sv_ring_retire_cq_ex(struct sv_context *ctx, struct ibv_cq_ex *real)
+{
+	const struct sv_qp_index *t = current_index(ctx);
+	if (!t)
+		return;
+	struct sv_qp *q = index_find(t, real->read_qp_num(real));
+	if (!q)
+		return;
+	struct ibv_wc w = {.wr_id = real->wr_id, .status = IBV_WC_SUCCESS, .opcode = real->read_opcode(real)};
+	retire(q, &w, 0);
+}
+
 /* ---- real QPN -> QP ---------------------------------------------------------------------- */
 
 #define QPN_EMPTY 0u

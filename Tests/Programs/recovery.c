@@ -10,7 +10,7 @@
  * once, in order); each B's counter ends at its pair's number of messages. No completion may
  * carry an error; the virtual QPNs, keys and fd numbers must not change.
  *
- *   recovery -m MODE [-n bursts] [-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i] [-r]
+ *   recovery -m MODE [-n bursts] [-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i] [-r] [-e]
  *
  *   planned     stableverbs_detach(NULL) with work in flight; B posts and polls while released
  *               (buffered posts, completions kept from the released CQs) while another thread's
@@ -50,6 +50,10 @@
  *
  * -w posts A's work with the ibv_wr_* API (QPs from ibv_create_qp_ex; the SENDs as inline data),
  * as perftest does, instead of ibv_post_send.
+ *
+ * -e creates every CQ with ibv_create_cq_ex and polls it with ibv_start_poll / ibv_next_poll /
+ * ibv_end_poll (reading opcode, byte length, QP number, vendor error and flags), as programs that
+ * want completion timestamps do, instead of ibv_poll_cq.
  *
  * -t tolerates duplicates of work in flight at a loss (at least once instead of exactly once): a
  * SEND received again, a FETCH_AND_ADD executed again (the later ones then return one more) are
@@ -122,7 +126,7 @@ static struct pair *pairs;
 static int npairs = 1;
 static int poll_seconds;
 static volatile sig_atomic_t want_detach, want_attach;
-static int detached, tolerate, wr_api, inline_sends, refused_lists;
+static int detached, tolerate, wr_api, inline_sends, refused_lists, ext_cqs;
 static int nmrs;            /* -M: extra memory regions on A's PD */
 static struct ibv_mr **xmrs;
 static uint8_t *xbuf;
@@ -305,12 +309,43 @@ static void maybe_attach(void)
 
 /* Polls up to POLL_BATCH completions (at least one; waits at most poll_seconds). Any error
  * status fails: the application must never see one. */
+/* Up to `max` completions through an extended CQ's poll session, as ibv_poll_cq would give them. */
+static int poll_ex(struct ibv_cq *cq, int max, struct ibv_wc *wc)
+{
+	struct ibv_cq_ex *cqx = (struct ibv_cq_ex *)cq; /* made by ibv_create_cq_ex (-e) */
+	struct ibv_poll_cq_attr attr = {0};
+	int rc = ibv_start_poll(cqx, &attr);
+	if (rc == ENOENT)
+		return 0;
+	if (rc)
+		return -rc;
+	int n = 0;
+	do {
+		wc[n] = (struct ibv_wc){.wr_id = cqx->wr_id, .status = cqx->status, .opcode = ibv_wc_read_opcode(cqx),
+					.vendor_err = ibv_wc_read_vendor_err(cqx), .byte_len = ibv_wc_read_byte_len(cqx),
+					.qp_num = ibv_wc_read_qp_num(cqx), .wc_flags = ibv_wc_read_wc_flags(cqx)};
+		n++;
+	} while (n < max && (rc = ibv_next_poll(cqx)) == 0);
+	ibv_end_poll(cqx);
+	return rc && rc != ENOENT ? -rc : n;
+}
+
+static struct ibv_cq *create_cq(struct ibv_context *ctx, int cqe)
+{
+	if (!ext_cqs)
+		return ibv_create_cq(ctx, cqe, NULL, NULL, 0);
+	struct ibv_cq_init_attr_ex a = {.cqe = (uint32_t)cqe,
+					.wc_flags = IBV_WC_EX_WITH_BYTE_LEN | IBV_WC_EX_WITH_QP_NUM};
+	struct ibv_cq_ex *cqx = ibv_create_cq_ex(ctx, &a);
+	return cqx ? ibv_cq_ex_to_cq(cqx) : NULL;
+}
+
 static int poll_some(struct ibv_cq *cq, struct ibv_wc *wc, const char *what)
 {
 	double deadline = tp_now() + poll_seconds;
 	unsigned spins = 0;
 	for (;;) {
-		int n = ibv_poll_cq(cq, POLL_BATCH, wc);
+		int n = ext_cqs ? poll_ex(cq, POLL_BATCH, wc) : ibv_poll_cq(cq, POLL_BATCH, wc);
 		TP_CHECK(n >= 0, "ibv_poll_cq failed (%d) waiting for %s", n, what);
 		if (n > 0) {
 			ctimes[ntimes++ % TIMES] = now_ns();
@@ -400,7 +435,7 @@ int main(int argc, char **argv)
 {
 	int bursts = 12, recoveries = 3, extra = 3, opt;
 	enum mode mode = PLANNED;
-	while ((opt = getopt(argc, argv, "m:n:k:q:M:x:twir")) != -1) {
+	while ((opt = getopt(argc, argv, "m:n:k:q:M:x:twire")) != -1) {
 		switch (opt) {
 		case 'm':
 			mode = (enum mode)-1;
@@ -416,11 +451,12 @@ int main(int argc, char **argv)
 		case 'x': extra = atoi(optarg); break;
 		case 't': tolerate = 1; break;
 		case 'w': wr_api = 1; break;
+		case 'e': ext_cqs = 1; break;
 		case 'i': inline_sends = 1; break;
 		case 'r': refused_lists = 1; break;
 		default:
 			fprintf(stderr, "usage: recovery -m planned|fatal|rxe|rename|failrebuild|external [-n bursts] "
-					"[-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i]\n");
+					"[-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i] [-e]\n");
 			return 2;
 		}
 	}
@@ -449,10 +485,10 @@ int main(int argc, char **argv)
 	struct tp_dev da, dbs, *db;
 	int ndev = tp_open(&da, &dbs, &db);
 	int cqe = npairs * 2 * BURST + 16;
-	struct ibv_cq *a_scq = ibv_create_cq(da.ctx, cqe, NULL, NULL, 0);
-	struct ibv_cq *a_rcq = ibv_create_cq(da.ctx, npairs + 16, NULL, NULL, 0);
-	struct ibv_cq *b_scq = ibv_create_cq(db->ctx, npairs + 16, NULL, NULL, 0);
-	struct ibv_cq *b_rcq = ibv_create_cq(db->ctx, npairs * BURST + 16, NULL, NULL, 0);
+	struct ibv_cq *a_scq = create_cq(da.ctx, cqe);
+	struct ibv_cq *a_rcq = create_cq(da.ctx, npairs + 16);
+	struct ibv_cq *b_scq = create_cq(db->ctx, npairs + 16);
+	struct ibv_cq *b_rcq = create_cq(db->ctx, npairs * BURST + 16);
 	TP_CHECK(a_scq && a_rcq && b_scq && b_rcq, "ibv_create_cq failed: %s", strerror(errno));
 	pairs = calloc((size_t)npairs, sizeof(*pairs));
 	TP_CHECK(pairs, "out of memory");
@@ -491,8 +527,8 @@ int main(int argc, char **argv)
 	TP_CHECK(sv_qp_identity(pairs[0].a.qp, &v, &real_a0) == 0, "stableverbs_qp_identity failed");
 	char name0[64];
 	TP_CHECK(sv_real_name(da.ctx, name0, sizeof(name0)) == 0, "stableverbs_real_device_name failed");
-	printf("recovery: ready, %s%s%s, %d QP pair(s), %d more MR(s) on %s%s%s, pid %d\n", mode_names[mode],
-	       wr_api ? " (ibv_wr_*)" : "", inline_sends ? " (inline)" : "", npairs, nmrs, da.name, db != &da ? " and " : "", db != &da ? db->name : "",
+	printf("recovery: ready, %s%s%s%s, %d QP pair(s), %d more MR(s) on %s%s%s, pid %d\n", mode_names[mode],
+	       wr_api ? " (ibv_wr_*)" : "", inline_sends ? " (inline)" : "", ext_cqs ? " (extended CQs)" : "", npairs, nmrs, da.name, db != &da ? " and " : "", db != &da ? db->name : "",
 	       (int)getpid());
 	if (mode == EXTERNAL) {
 		/* Where the `stableverbs` command reaches this process (include/stableverbs.h). */

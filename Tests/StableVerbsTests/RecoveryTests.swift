@@ -86,6 +86,22 @@ struct RecoveryTests {
         #expect(!out.stderr.contains("not recorded"), "\(out)")
     }
 
+    /// Every CQ made by ibv_create_cq_ex and polled through ibv_start_poll/next_poll/end_poll: the
+    /// QPs on them are recorded and replayed, the completions a recovery kept (lostrecvs: receive
+    /// completions remade) are served through the poll session. Before, such QPs were not
+    /// recorded: every mode stalled or timed out.
+    @Test("QPs on extended CQs are replayed; kept completions come through ibv_start_poll",
+          arguments: ["planned", "fatal", "rxe", "lostrecvs", "fatal -w"])
+    func extendedCQs(how: String) throws {
+        let words = how.split(separator: " ").map(String.init)
+        let mode = words[0]
+        let out = try Harness.runProgram("recovery", ["-m", mode, "-e"] + words.dropFirst(), setup: .ethOneDevice,
+                                         extraEnvironment: recoveryEnvironment)
+        #expect(out.line(startingWith: "recovery: ready, \(mode)\(words.count > 1 ? " (ibv_wr_*)" : "") (extended CQs)") != nil, "\(out)")
+        expectRecovered(out, mode: mode, devices: 1)
+        #expect(!out.stderr.contains("not recorded") && !out.stderr.contains("did not end within"), "\(out)")
+    }
+
     /// Inline SENDs through ibv_post_send, their buffers scribbled on as soon as posted: a SEND
     /// replayed after a recovery carries the bytes the shim kept when it was posted.
     @Test("inline SENDs are replayed from the bytes kept at the post", arguments: ["planned", "fatal", "rxe"])

@@ -2,6 +2,14 @@
 // cq->status and cq->wr_id directly after start_poll/next_poll, so those copy both fields from the
 // real CQ. read_qp_num / read_src_qp / read_slid translate real -> virtual (qpn_up, lid_up); the
 // other readers forward.
+//
+// Recovery (work rings): every successful completion retires its work request
+// (sv_ring_retire_cq_ex: the real CQ is always asked for QP numbers); an error completion goes to
+// the cold path, which hides those a device loss caused (the work is replayed). While a context is
+// not LIVE, or a recovery kept completions for the CQ (drained from the lost device, or remade by
+// the peer protocol), the session serves those first (SV_CQ_SESSION_KEPT): the CQ's read_* ops
+// are switched to ones that read sv_cq.kept until the session moves on to the real CQ or ends,
+// so the readers themselves never test anything.
 
 import CVerbs
 import Glibc
@@ -13,35 +21,73 @@ func svRealCQEx(_ cq: UnsafeMutablePointer<ibv_cq_ex>?) -> UnsafeMutablePointer<
 }
 
 @_cdecl("sv_op_cq_start_poll")
+@inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpCQStartPoll(_ cq: UnsafeMutablePointer<ibv_cq_ex>?, _ attr: UnsafeMutablePointer<ibv_poll_cq_attr>?) -> Int32 {
     let c = svCQ(cq)
-    // Not LIVE (a recovery is moving the context): nothing to poll until it is rebuilt.
-    if svCtxState(c.pointee.ctx.unsafelyUnwrapped) != SV_CTX_LIVE.rawValue { return svCQStartPollNotLive(c, attr) }
+    if svCtxState(c.pointee.ctx.unsafelyUnwrapped) | svCQPending(c) != 0 { return svColdCQStartPoll(c, attr) }
     let r = c.pointee.real_ex.unsafelyUnwrapped
     let rc = r.pointee.start_poll.unsafelyUnwrapped(r, attr)
-    if rc == 0 {
-        c.pointee.cq.status = r.pointee.status
-        c.pointee.cq.wr_id = r.pointee.wr_id
-    }
-    return rc
+    if rc != 0 { return rc }
+    c.pointee.session = SV_CQ_SESSION_REAL.rawValue
+    return svCQExTook(c, r, starting: true)
 }
 
 @_cdecl("sv_op_cq_next_poll")
+@inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpCQNextPoll(_ cq: UnsafeMutablePointer<ibv_cq_ex>?) -> Int32 {
     let c = svCQ(cq)
+    if c.pointee.session != SV_CQ_SESSION_REAL.rawValue { return svColdCQNextPoll(c) }
     let r = c.pointee.real_ex.unsafelyUnwrapped
     let rc = r.pointee.next_poll.unsafelyUnwrapped(r)
-    if rc == 0 {
-        c.pointee.cq.status = r.pointee.status
-        c.pointee.cq.wr_id = r.pointee.wr_id
-    }
-    return rc
+    if rc != 0 { return rc }
+    return svCQExTook(c, r, starting: false)
 }
 
 @_cdecl("sv_op_cq_end_poll")
+@inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpCQEndPoll(_ cq: UnsafeMutablePointer<ibv_cq_ex>?) {
-    let r = svRealCQEx(cq)
+    let c = svCQ(cq)
+    if c.pointee.session != SV_CQ_SESSION_REAL.rawValue { return svColdCQEndPoll(c) }
+    c.pointee.session = SV_CQ_SESSION_NONE.rawValue
+    let r = c.pointee.real_ex.unsafelyUnwrapped
     r.pointee.end_poll.unsafelyUnwrapped(r)
+}
+
+/// The real CQ is positioned on a completion: the application sees its status and wr_id, and
+/// its work request is retired; an error completion takes the cold path (a device loss's is
+/// hidden). `starting`: from start_poll (whose ENOENT ends the session).
+@inline(__always)
+func svCQExTook(_ c: UnsafeMutablePointer<sv_cq>, _ r: UnsafeMutablePointer<ibv_cq_ex>, starting: Bool) -> Int32 {
+    c.pointee.cq.status = r.pointee.status
+    c.pointee.cq.wr_id = r.pointee.wr_id
+    if r.pointee.status != IBV_WC_SUCCESS { return svColdCQExError(c, starting: starting) }
+    sv_ring_retire_cq_ex(c.pointee.ctx.unsafelyUnwrapped, r)
+    return 0
+}
+
+/// COLD (`svCold*`: scripts/check-fastpath stops here): the context is not LIVE or completions
+/// were kept for this CQ (Recovery/ExtendedCQs.swift).
+@inline(never)
+func svColdCQStartPoll(_ c: UnsafeMutablePointer<sv_cq>, _ attr: UnsafeMutablePointer<ibv_poll_cq_attr>?) -> Int32 {
+    Runtime.current.startPollSlow(c, attr)
+}
+
+/// COLD: the session serves kept completions (or none was started).
+@inline(never)
+func svColdCQNextPoll(_ c: UnsafeMutablePointer<sv_cq>) -> Int32 {
+    Runtime.current.nextPollSlow(c)
+}
+
+/// COLD: the session served kept completions (or none was started).
+@inline(never)
+func svColdCQEndPoll(_ c: UnsafeMutablePointer<sv_cq>) {
+    Runtime.current.endPollSlow(c)
+}
+
+/// COLD: the real CQ is positioned on an error completion.
+@inline(never)
+func svColdCQExError(_ c: UnsafeMutablePointer<sv_cq>, starting: Bool) -> Int32 {
+    Runtime.current.extendedErrorCompletion(c, starting: starting)
 }
 
 @_cdecl("sv_op_cq_read_qp_num")
@@ -169,17 +215,28 @@ func svInstallCQExOps(_ cq: UnsafeMutablePointer<sv_cq>) {
         real.read_completion_wallclock_ns == nil ? nil : svOpCQReadCompletionWallclockNS
 }
 
-/// COLD: extended CQs are not drained by a recovery (phase A): while the context is quiescing or
-/// reconnecting the real CQ is polled, while released/rebuilding the CQ reads as empty.
-@inline(never)
-func svCQStartPollNotLive(_ c: UnsafeMutablePointer<sv_cq>, _ attr: UnsafeMutablePointer<ibv_poll_cq_attr>?) -> Int32 {
-    let st = svCtxState(c.pointee.ctx.unsafelyUnwrapped)
-    if st == SV_CTX_RELEASED.rawValue || st == SV_CTX_REBUILDING.rawValue { return ENOENT }
-    let r = c.pointee.real_ex.unsafelyUnwrapped
-    let rc = r.pointee.start_poll.unsafelyUnwrapped(r, attr)
-    if rc == 0 {
-        c.pointee.cq.status = r.pointee.status
-        c.pointee.cq.wr_id = r.pointee.wr_id
-    }
-    return rc
+// MARK: - Kept completions (a recovery's, served through the extended API)
+
+@inline(__always) private func svKept(_ cq: UnsafeMutablePointer<ibv_cq_ex>?) -> ibv_wc { svCQ(cq).pointee.kept }
+
+/// Switches `cq`'s read_* ops to ones that answer from sv_cq.kept (fields an ibv_wc does not hold:
+/// 0), where the real CQ has the reader. Undone by svInstallCQExOps.
+func svInstallCQExKeptReaders(_ cq: UnsafeMutablePointer<sv_cq>) {
+    guard let r = cq.pointee.real_ex else { return }
+    let real = r.pointee
+    if real.read_opcode != nil { cq.pointee.cq.read_opcode = { svKept($0).opcode } }
+    if real.read_vendor_err != nil { cq.pointee.cq.read_vendor_err = { svKept($0).vendor_err } }
+    if real.read_byte_len != nil { cq.pointee.cq.read_byte_len = { svKept($0).byte_len } }
+    if real.read_imm_data != nil { cq.pointee.cq.read_imm_data = { svKept($0).imm_data } }
+    if real.read_qp_num != nil { cq.pointee.cq.read_qp_num = { svKept($0).qp_num } }
+    if real.read_src_qp != nil { cq.pointee.cq.read_src_qp = { svKept($0).src_qp } }
+    if real.read_wc_flags != nil { cq.pointee.cq.read_wc_flags = { svKept($0).wc_flags } }
+    if real.read_slid != nil { cq.pointee.cq.read_slid = { UInt32(svKept($0).slid) } }
+    if real.read_sl != nil { cq.pointee.cq.read_sl = { svKept($0).sl } }
+    if real.read_dlid_path_bits != nil { cq.pointee.cq.read_dlid_path_bits = { svKept($0).dlid_path_bits } }
+    if real.read_completion_ts != nil { cq.pointee.cq.read_completion_ts = { _ in 0 } }
+    if real.read_cvlan != nil { cq.pointee.cq.read_cvlan = { _ in 0 } }
+    if real.read_flow_tag != nil { cq.pointee.cq.read_flow_tag = { _ in 0 } }
+    if real.read_tm_info != nil { cq.pointee.cq.read_tm_info = { _, info in info?.pointee = ibv_wc_tm_info() } }
+    if real.read_completion_wallclock_ns != nil { cq.pointee.cq.read_completion_wallclock_ns = { _ in 0 } }
 }

@@ -30,7 +30,7 @@ public func svOpPollCQ(_ cq: UnsafeMutablePointer<ibv_cq>?, _ ne: Int32, _ wc: U
 
 /// sv_cq.pending (completions kept by a recovery), acquire load.
 @inline(__always) func svCQPending(_ c: UnsafeMutablePointer<sv_cq>) -> UInt32 {
-    let offset = MemoryLayout<sv_cq>.offset(of: \sv_cq.reserved).unsafelyUnwrapped - 4
+    let offset = MemoryLayout<sv_cq>.offset(of: \sv_cq.session).unsafelyUnwrapped - 4
     return (UnsafeRawPointer(c) + offset).assumingMemoryBound(to: Atomic<UInt32>.self).pointee.load(ordering: .acquiring)
 }
 

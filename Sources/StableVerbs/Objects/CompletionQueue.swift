@@ -69,6 +69,8 @@ extension Runtime {
             attr.cq_context = UnsafeMutableRawPointer(svcq)
             attr.channel = channel
             attr.comp_vector = vector
+            // The poll path finds each completion's work ring by its QP (Recovery/ExtendedCQs.swift).
+            attr.wc_flags |= UInt64(IBV_WC_EX_WITH_QP_NUM.rawValue)
             guard let realEx = create(realContext, &attr) else { return (nil, nil) }
             return (UnsafeMutableRawPointer(realEx).assumingMemoryBound(to: ibv_cq.self), realEx)
         }

@@ -44,8 +44,9 @@
 //   exact (a poller descheduled longer than that between its LIVE check and the provider's poll
 //   can still see newer completions before older ones kept for it).
 // - work rings are single-producer/single-consumer per queue (one posting thread per queue, one
-//   polling thread per CQ at a time); QPs whose CQs are extended (ibv_create_cq_ex) are not
-//   recorded (ibv_wr_start waits while their context is not LIVE). Work posted with the ibv_wr_*
+//   polling thread per CQ at a time); extended CQs (ibv_create_cq_ex) retire and hide like the
+//   others and serve what a recovery kept through their poll session (ExtendedCQs.swift), without
+//   the fields an ibv_wc does not hold (timestamps, flow tag: 0). Work posted with the ibv_wr_*
 //   API is recorded as the legacy WR it stands for (WRBatches.swift); TSO, atomic writes and XRC
 //   are not (their QP's ring is then marked lost, logged at the replay).
 // - unplanned loss, both ends in this process, of a device that stops working at once (a pulled
@@ -212,9 +213,7 @@ extension Runtime {
     func attachRings(_ rec: QPRecord, cap: ibv_qp_cap) -> Bool {
         let ctx = rec.context
         let p = rec.ptr
-        let sendEx = rec.initAttr.send_cq.map { isVirtual($0.pointee.context) && cqRecord($0).ex != nil } ?? false
-        let recvEx = rec.initAttr.recv_cq.map { isVirtual($0.pointee.context) && cqRecord($0).ex != nil } ?? false
-        if sendEx || recvEx || rec.type == IBV_QPT_RAW_PACKET { return true }
+        if rec.type == IBV_QPT_RAW_PACKET { return true }
         guard let send = sv_ring_create(cap.max_send_wr, cap.max_send_sge, cap.max_inline_data, 1,
                                         rec.initAttr.sq_sig_all != 0 ? 1 : 0) else { return false }
         p.pointee.send_ring = send
@@ -609,7 +608,10 @@ extension Runtime {
         guard !c.released else { return false }
         var failed = false
         var buf = [ibv_wc](repeating: ibv_wc(), count: 32)
-        for cq in c.nextOrder(c.cqs, { $0.sequence }) where cq.ex == nil {
+        for cq in c.nextOrder(c.cqs, { $0.sequence }) {
+            // An extended CQ is drained through ibv_poll_cq too (every provider polls one so),
+            // once the application's ibv_start_poll session on it has ended.
+            if cq.ex != nil && !realSessionEnded(cq) { continue }
             let real = cq.real
             guard let poll = real.pointee.context?.pointee.ops.poll_cq else { continue }
             while true {

@@ -226,6 +226,9 @@ void sv_ring_settle(struct sv_wr_ring *r);
 int sv_ring_retire(struct sv_context *ctx, const struct ibv_wc *wc, int n);
 /* One completion: retires its entries (error completions too). */
 void sv_ring_retire_one(struct sv_context *ctx, const struct ibv_wc *wc);
+/* The successful completion an extended real CQ is positioned on (start_poll/next_poll returned
+ * 0): retires its entry (its QP from read_qp_num, which the shim always asks the CQ for). */
+void sv_ring_retire_cq_ex(struct sv_context *ctx, struct ibv_cq_ex *real);
 
 /* eventfd(0, EFD_CLOEXEC | (semaphore ? EFD_SEMAPHORE : 0) | (nonblock ? EFD_NONBLOCK : 0)). */
 int sv_eventfd(int semaphore, int nonblock);
@@ -288,7 +291,15 @@ struct sv_cq {
 	struct sv_context *ctx;
 	void *core;
 	_Atomic(uint32_t) pending; /* completions the recovery kept for the application (poll them first) */
-	uint32_t reserved;
+	uint32_t session;          /* extended CQs: enum sv_cq_session of the application's poll */
+	struct ibv_wc kept;        /* extended CQs: the kept completion the read_* ops answer (SV_CQ_SESSION_KEPT) */
+};
+
+/* An extended CQ's poll session (ibv_start_poll .. ibv_end_poll), as the application sees it. */
+enum sv_cq_session {
+	SV_CQ_SESSION_NONE = 0,
+	SV_CQ_SESSION_REAL = 1, /* a real start_poll succeeded: its end_poll is owed */
+	SV_CQ_SESSION_KEPT = 2, /* serving completions a recovery kept (cq's read_* ops read `kept`) */
 };
 
 struct sv_srq {
