@@ -41,10 +41,11 @@ total() {  # op target
 mode=$([[ -n $moved ]] && echo moved || echo static)
 printf '%-18s %14s %14s %12s %10s   (%s, %d ops each; valgrind --tool=callgrind)\n' op "direct Ir/op" "shim Ir/op" "added Ir/op" "shim calls" \
   "$([[ -n $moved ]] && echo "after a rebuild" || echo "nothing moved")" "$ops"
-for op in poll_empty poll_one post_send_inline post_send_sge wr_inline wr_sge post_recv post_srq_recv; do
+for op in poll_empty poll_one post_send_inline post_send_sge wr_inline wr_sge post_recv post_srq_recv poll_ex_empty poll_ex_one; do
   d=$(total "$op" direct); s=$(total "$op" shim)
-  # shim entry points per op: the ibv_wr_* sequence is wr_start, wr_rdma_write, one setter, wr_complete
-  calls=1; [[ $op == wr_* ]] && calls=4
+  # shim entry points per op: the ibv_wr_* sequence is wr_start, wr_rdma_write, one setter,
+  # wr_complete; an extended poll of one completion is start_poll, read_opcode, read_qp_num, end_poll
+  calls=1; [[ $op == wr_* || $op == poll_ex_one ]] && calls=4
   # the direct figure per op is the whole run's instructions spread over the ops; the difference is exact
   awk -v op="$op" -v d="$d" -v s="$s" -v n="$ops" -v c="$calls" 'BEGIN{printf "%-18s %14.1f %14.1f %12.2f %10d\n", op, d/n, s/n, (s-d)/n, c}'
   if [[ -n $json ]]; then

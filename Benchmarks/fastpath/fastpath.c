@@ -45,8 +45,10 @@
 
 struct side {            /* one view of the queues: virtual (shim) or real (direct) */
 	struct ibv_qp *a, *b, *c, *d; /* a->b connected; d->c connected, c receives from the SRQ */
+	struct ibv_qp *e, *f;         /* e->f connected, e's send completions on the extended CQ */
 	struct ibv_qp_ex *ax;
 	struct ibv_cq *cq, *rcq;
+	struct ibv_cq_ex *xcq;        /* made by ibv_create_cq_ex, polled with ibv_start_poll */
 	struct ibv_srq *srq;
 	uint32_t lkey, rkey;
 };
@@ -146,6 +148,15 @@ static void setup(void)
 	virt.c = ibv_create_qp_ex(ctx, &qa);
 	CHECK(virt.c && virt.d, "create_qp_ex (SRQ): %s", strerror(errno));
 	connect_qps(virt.d, virt.c);
+	struct ibv_cq_init_attr_ex xa = {.cqe = 4 * BATCH, .wc_flags = IBV_WC_EX_WITH_QP_NUM | IBV_WC_EX_WITH_BYTE_LEN};
+	virt.xcq = ibv_create_cq_ex(ctx, &xa);
+	CHECK(virt.xcq, "create_cq_ex: %s", strerror(errno));
+	qa.srq = NULL;
+	qa.send_cq = ibv_cq_ex_to_cq(virt.xcq);
+	virt.e = ibv_create_qp_ex(ctx, &qa);
+	virt.f = ibv_create_qp_ex(ctx, &qa);
+	CHECK(virt.e && virt.f, "create_qp_ex (extended CQ): %s", strerror(errno));
+	connect_qps(virt.e, virt.f);
 	ibv_free_device_list(list);
 }
 
@@ -170,6 +181,9 @@ static void resolve(void)
 	real.b = real_of(STABLEVERBS_OBJECT_QP, virt.b);
 	real.c = real_of(STABLEVERBS_OBJECT_QP, virt.c);
 	real.d = real_of(STABLEVERBS_OBJECT_QP, virt.d);
+	real.e = real_of(STABLEVERBS_OBJECT_QP, virt.e);
+	real.f = real_of(STABLEVERBS_OBJECT_QP, virt.f);
+	real.xcq = real_of(STABLEVERBS_OBJECT_CQ_EX, virt.xcq);
 	real.ax = real_of(STABLEVERBS_OBJECT_QP_EX, virt.a);
 	real.cq = real_of(STABLEVERBS_OBJECT_CQ, virt.cq);
 	real.rcq = real_of(STABLEVERBS_OBJECT_CQ, virt.rcq);
@@ -179,11 +193,13 @@ static void resolve(void)
 	real.rkey = rmr->rkey;
 }
 
-enum op { POLL_EMPTY, POLL_ONE, POST_SEND_INLINE, POST_SEND_SGE, WR_INLINE, WR_SGE, POST_RECV, POST_SRQ_RECV, NOPS };
+enum op { POLL_EMPTY, POLL_ONE, POST_SEND_INLINE, POST_SEND_SGE, WR_INLINE, WR_SGE, POST_RECV, POST_SRQ_RECV,
+	  POLL_EX_EMPTY, POLL_EX_ONE, NOPS };
 static const char *names[NOPS] = {"poll_cq (empty)", "poll_cq (1 completion)", "post_send inline", "post_send SGE",
-				  "ibv_wr_* inline", "ibv_wr_* SGE", "post_recv", "post_srq_recv"};
+				  "ibv_wr_* inline", "ibv_wr_* SGE", "post_recv", "post_srq_recv",
+				  "start_poll (empty)", "start_poll..end (1)"};
 static const char *keys[NOPS] = {"poll_empty", "poll_one", "post_send_inline", "post_send_sge", "wr_inline", "wr_sge",
-				 "post_recv", "post_srq_recv"};
+				 "post_recv", "post_srq_recv", "poll_ex_empty", "poll_ex_one"};
 
 static void write_wr(struct side *s, struct ibv_send_wr *wr, struct ibv_sge *sge, int inl)
 {
@@ -219,6 +235,24 @@ static double batch(enum op op, struct side *s)
 		for (int i = 0; i < BATCH; i++)
 			if (ibv_poll_cq(s->cq, 1, &wc) != 1 || wc.status != IBV_WC_SUCCESS)
 				CHECK(0, "poll_cq: no completion");
+		return now_ns() - t0;
+	case POLL_EX_EMPTY:
+		t0 = now_ns();
+		for (int i = 0; i < BATCH; i++)
+			if (ibv_start_poll(s->xcq, &(struct ibv_poll_cq_attr){0}) != ENOENT)
+				CHECK(0, "start_poll: unexpected completion");
+		return now_ns() - t0;
+	case POLL_EX_ONE: /* a session of one completion: start_poll, the two reads a poller needs, end_poll */
+		write_wr(&real, &wr, &sge, 1);
+		for (int i = 0; i < BATCH; i++)
+			CHECK(ibv_post_send(real.e, &wr, &bad) == 0, "post_send");
+		t0 = now_ns();
+		for (int i = 0; i < BATCH; i++) {
+			if (ibv_start_poll(s->xcq, &(struct ibv_poll_cq_attr){0}) != 0 || s->xcq->status != IBV_WC_SUCCESS ||
+			    ibv_wc_read_opcode(s->xcq) != IBV_WC_RDMA_WRITE || ibv_wc_read_qp_num(s->xcq) != s->e->qp_num)
+				CHECK(0, "start_poll: not the completion expected");
+			ibv_end_poll(s->xcq);
+		}
 		return now_ns() - t0;
 	case POST_SEND_INLINE:
 	case POST_SEND_SGE:

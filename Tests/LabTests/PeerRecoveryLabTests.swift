@@ -125,4 +125,29 @@ extension LabTests {
         let (status, lines, _) = try await Lab.run(["\(script) both \(program) \(n) \(k) delete"], timeout: Double(420 + 90 * k))
         expectSurvived(lines, status: status, iterations: n, movers: ["server": k, "client": k])
     }
+
+    /// The peer vanishing: the server's program is killed (-9) while the client's device is away
+    /// (as soon as the server's shim hears the move announced). The client's shim rebuilds, cannot
+    /// reach the peer's shim, and after STABLEVERBS_PEER_TIMEOUT_MS fails the connection as native
+    /// verbs would: ibv_rc_pingpong gets the error completions and exits with its error (status 1)
+    /// rather than waiting for ever.
+    @Test("peer protocol: the peer vanishes while the client moves: the client ends in native errors, no hang",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
+    func peerVanishes() async throws {
+        let (status, lines, _) = try await Lab.run([
+            "SERVER_DIES=1 WAITFOR=1800 \(script) server ibv_rc_pingpong 100000 0",
+            "WAITFOR=1800 \(script) client ibv_rc_pingpong 100000 1 delete",
+        ], guests: 2, timeout: 400)
+        #expect(status == 0)
+        let text = lines.map(\.text)
+        let results = lines.compactMap { PeerResult($0.text) }
+        let server = results.first { $0.side == "server" }, client = results.first { $0.side == "client" }
+        #expect(text.contains { $0.hasSuffix("peer-recovery: the server was killed while its peer moves") }, "\(text.suffix(40))")
+        #expect(server?.rc == "137", "server: \(server.map(String.init(describing:)) ?? "no result")")
+        // Ended by the errors, within its bound (WAITFOR would have killed it: rc 137).
+        #expect(client?.rc == "1" && client?.recoveries == 1, "client: \(client.map(String.init(describing:)) ?? "no result")")
+        #expect(text.contains { $0.contains("the peer shim did not answer within") && $0.contains("the connection fails as it would natively") },
+                "\(text.suffix(40))")
+        #expect(text.contains { $0.hasPrefix("client: Failed status ") }, "\(text.suffix(40))")
+    }
 }

@@ -39,10 +39,11 @@ enum RecoveryLab {
     }()
 
     /// Runs lab-recovery in one guest; returns its lines and the lab's exit status.
-    static func run(how: String, losses: Int, pairs: Int, tolerate: Bool = false,
+    static func run(how: String, losses: Int, pairs: Int, tolerate: Bool = false, extendedCQs: Bool = false,
                     timeout: Double = 400) async throws -> (status: Int32, text: [String]) {
         let exe = try program.get()
-        let command = "lab-recovery --how \(how) --losses \(losses) --pairs \(pairs)\(tolerate ? " --tolerate" : "") --program \(exe)"
+        let command = "lab-recovery --how \(how) --losses \(losses) --pairs \(pairs)\(tolerate ? " --tolerate" : "")"
+            + "\(extendedCQs ? " --extended-cqs" : "") --program \(exe)"
         let (status, lines, _) = try await Lab.run([command], timeout: timeout)
         let text = lines.map(\.text)
         for l in text where l.hasPrefix("recovery: #") || l.hasPrefix("recovery: blackout") || l.hasPrefix("recovery: duplicates") {
@@ -109,6 +110,15 @@ extension LabTests {
         RecoveryLab.expectRecovered(r, how: "planned", losses: 3, pairs: 2, planned: true)
         #expect(r.text.filter { $0 == "recovery: detached" }.count == 3)
         #expect(r.text.filter { $0 == "recovery: attached" }.count == 3)
+    }
+
+    /// (e) Extended CQs on the real device: every CQ made by ibv_create_cq_ex (rxe's own
+    /// extended CQ, asked for QP numbers by the shim) and polled with ibv_start_poll.
+    @Test("(e) extended CQs (ibv_create_cq_ex, ibv_start_poll): rdma link delete/add 3 times (2 QP pairs)", .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
+    func extendedCQs() async throws {
+        let r = try await RecoveryLab.run(how: "delete", losses: 3, pairs: 2, extendedCQs: true)
+        RecoveryLab.expectRecovered(r, how: "delete", losses: 3, pairs: 2, planned: false)
+        #expect(r.text.contains { $0.hasPrefix("recovery: ready, external (extended CQs), 2 QP pair(s)") }, "\(r.text.prefix(20))")
     }
 
     /// (d) Many unplanned losses in a row: STABLEVERBS_LAB_LOSSES (default 8 here, to keep the

@@ -20,6 +20,7 @@ enum FastPathChart {
         "post_send_inline": "post_send\ninline", "post_send_sge": "post_send\nSGE",
         "wr_inline": "ibv_wr_*\ninline", "wr_sge": "ibv_wr_*\nSGE",
         "post_recv": "post_recv", "post_srq_recv": "post_srq_recv",
+        "poll_ex_empty": "start_poll\nempty", "poll_ex_one": "start_poll..end\n1 completion",
     ]
 
     static func script(_ file: ResultsFile<Row>, png: URL) -> GnuplotScript? {

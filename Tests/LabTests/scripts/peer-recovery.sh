@@ -12,6 +12,9 @@
 #     HOW      delete (rdma link delete/add), nic (hot-unplug the NIC, plug a new one, new MAC), or
 #              planned (`stableverbs detach`, the device deleted and re-added, `stableverbs attach`);
 #              a comma-separated list takes its ways in turn, one per loss (delete,nic,planned)
+# With SERVER_DIES=1 the server's program is killed (-9) as soon as its shim hears that the peer is
+# moving: the peer vanishes while the client is away, and the client must end as native verbs make
+# it (error completions once its reconnection gives up), not hang.
 # Prints PEER-RESULT side=… rc=… iters=… recoveries=… and the programs' output.
 set -u
 ROLE=$1 PROG=$2 N=$3 LOSSES=$4 HOW=${5:-delete}
@@ -102,10 +105,23 @@ waitfor() {  # pids: bounded wait, then kill
   wait "$@" 2>/dev/null
 }
 
+dies_when_peer_moves() {  # pid: kill the program once its shim logged the peer's move announcement
+  i=0
+  while alive "$1" && [ $i -lt ${WAITFOR:-3000} ]; do
+    if grep -q "announced that it is moving" "$OUT/server.err" 2>/dev/null; then
+      pkill -9 -x "$PROG" && echo "peer-recovery: the server was killed while its peer moves"
+      return
+    fi
+    sleep 0.1; i=$((i+1))
+  done
+}
+
 case "$ROLE" in
   server)
     run server "" &
-    waitfor $!
+    s=$!
+    [ "${SERVER_DIES:-0}" = 1 ] && dies_when_peer_moves $s &
+    waitfor $s
     result server ;;
   client)
     sleep 1
