@@ -115,18 +115,18 @@ extension Runtime {
         return ok && !rec.context.released
     }
 
-    /// Before the engine drains an extended CQ: the application's real poll session on it (begun
-    /// before the context left LIVE) ends first — it runs without the control lock. Bounded
-    /// (100 ms); false when it did not end. Control lock held (the session does not need it).
-    func realSessionEnded(_ rec: CQRecord) -> Bool {
-        let deadline = monotonicNS() &+ 100_000_000
-        while rec.ptr.pointee.session == real {
+    /// Before the release: the application's real poll sessions on the group's extended CQs (begun
+    /// in the fast path before the contexts left LIVE, so without the control lock) end first —
+    /// without the lock held here, since an error completion in such a session takes it. New
+    /// sessions go through the cold path, under the lock. Bounded (1 s).
+    func waitForPollSessions(_ group: [ContextRecord]) {
+        let deadline = monotonicNS() &+ 1_000_000_000
+        while withControlLock({ group.contains { c in c.cqs.values.contains { $0.ptr.pointee.session == real } } }) {
             if monotonicNS() >= deadline {
-                Log.warn("release: an ibv_start_poll session on a CQ did not end within 100 ms; its completions are not drained (their work is replayed)")
-                return false
+                Log.warn("release: an ibv_start_poll session did not end within 1 s; its CQ's completions are not drained (their work is replayed)")
+                return
             }
             usleep(100)
         }
-        return true
     }
 }

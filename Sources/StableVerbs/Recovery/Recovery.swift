@@ -578,7 +578,6 @@ extension Runtime {
         }
     }
 
-    /// Whether a port of `c`'s real device is still active (the device still works). Control lock.
     /// Tells the group's peers in other processes that it is about to move. RC peers then wait
     /// for it longer than for a silent peer (the device's return can take seconds); UD peers hold
     /// their sends to it (a datagram sent to a released device would be dropped). Only while a
@@ -592,6 +591,7 @@ extension Runtime {
         if portWorks { announceUDPause(group, planned: planned) }
     }
 
+    /// Whether a port of `c`'s real device is still active (the device still works). Control lock.
     func hasActiveRealPort(_ c: ContextRecord) -> Bool {
         var attr = ibv_port_attr()
         return (1...max(1, c.ports.count)).contains { c.queryRealPort(UInt8($0), &attr) == 0 && attr.state == IBV_PORT_ACTIVE }
@@ -610,8 +610,8 @@ extension Runtime {
         var buf = [ibv_wc](repeating: ibv_wc(), count: 32)
         for cq in c.nextOrder(c.cqs, { $0.sequence }) {
             // An extended CQ is drained through ibv_poll_cq too (every provider polls one so),
-            // once the application's ibv_start_poll session on it has ended.
-            if cq.ex != nil && !realSessionEnded(cq) { continue }
+            // unless the application is inside a poll session on it (waitForPollSessions).
+            if cq.ptr.pointee.session == SV_CQ_SESSION_REAL.rawValue { continue }
             let real = cq.real
             guard let poll = real.pointee.context?.pointee.ops.poll_cq else { continue }
             while true {
@@ -641,6 +641,7 @@ extension Runtime {
               monotonicNS() < deadline {
             usleep(100)
         }
+        waitForPollSessions(group)
         let destroys = monotonicNS() &+ 2_000_000_000
         while withControlLock({ group.contains { $0.destroysInFlight > 0 } }) {
             if monotonicNS() >= destroys {
