@@ -29,7 +29,7 @@ public func svOpCQStartPoll(_ cq: UnsafeMutablePointer<ibv_cq_ex>?, _ attr: Unsa
     let rc = r.pointee.start_poll.unsafelyUnwrapped(r, attr)
     if rc != 0 { return rc }
     c.pointee.session = SV_CQ_SESSION_REAL.rawValue
-    return svCQExTook(c, r, starting: true)
+    return svCQExTook(c, r)
 }
 
 @_cdecl("sv_op_cq_next_poll")
@@ -40,7 +40,7 @@ public func svOpCQNextPoll(_ cq: UnsafeMutablePointer<ibv_cq_ex>?) -> Int32 {
     let r = c.pointee.real_ex.unsafelyUnwrapped
     let rc = r.pointee.next_poll.unsafelyUnwrapped(r)
     if rc != 0 { return rc }
-    return svCQExTook(c, r, starting: false)
+    return svCQExTook(c, r)
 }
 
 @_cdecl("sv_op_cq_end_poll")
@@ -55,12 +55,12 @@ public func svOpCQEndPoll(_ cq: UnsafeMutablePointer<ibv_cq_ex>?) {
 
 /// The real CQ is positioned on a completion: the application sees its status and wr_id, and
 /// its work request is retired; an error completion takes the cold path (a device loss's is
-/// hidden). `starting`: from start_poll (whose ENOENT ends the session).
+/// hidden).
 @inline(__always)
-func svCQExTook(_ c: UnsafeMutablePointer<sv_cq>, _ r: UnsafeMutablePointer<ibv_cq_ex>, starting: Bool) -> Int32 {
+func svCQExTook(_ c: UnsafeMutablePointer<sv_cq>, _ r: UnsafeMutablePointer<ibv_cq_ex>) -> Int32 {
     c.pointee.cq.status = r.pointee.status
     c.pointee.cq.wr_id = r.pointee.wr_id
-    if r.pointee.status != IBV_WC_SUCCESS { return svColdCQExError(c, starting: starting) }
+    if r.pointee.status != IBV_WC_SUCCESS { return svColdCQExError(c) }
     sv_ring_retire_cq_ex(c.pointee.ctx.unsafelyUnwrapped, r)
     return 0
 }
@@ -86,8 +86,8 @@ func svColdCQEndPoll(_ c: UnsafeMutablePointer<sv_cq>) {
 
 /// COLD: the real CQ is positioned on an error completion.
 @inline(never)
-func svColdCQExError(_ c: UnsafeMutablePointer<sv_cq>, starting: Bool) -> Int32 {
-    Runtime.current.extendedErrorCompletion(c, starting: starting)
+func svColdCQExError(_ c: UnsafeMutablePointer<sv_cq>) -> Int32 {
+    Runtime.current.extendedErrorCompletion(c)
 }
 
 @_cdecl("sv_op_cq_read_qp_num")
