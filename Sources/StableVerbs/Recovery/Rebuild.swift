@@ -177,7 +177,11 @@ extension Runtime {
             cq.ptr.pointee.real_ex = n.ex
             cq.ptr.pointee.cq.handle = n.cq.pointee.handle
             cq.ptr.pointee.cq.cqe = n.cq.pointee.cqe
-            if n.ex != nil { DataPath.installExtendedOps(cq: cq.ptr) }
+            if n.ex != nil {
+                DataPath.installExtendedOps(cq: cq.ptr)
+                // A poll session serving kept completions goes on reading them.
+                if cq.ptr.pointee.session == SV_CQ_SESSION_KEPT.rawValue { svInstallCQExKeptReaders(cq.ptr) }
+            }
         }
         var oldSRQ: [(UnsafeMutablePointer<ibv_srq>, UInt32)] = []
         for srq in srqs {
