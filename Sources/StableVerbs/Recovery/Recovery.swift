@@ -54,8 +54,8 @@
 //   device is replayed (a duplicate; atomics executed twice). A device that still works while its
 //   removal waits (rxe) settles first: exact. On the software HCA transfers are synchronous, so
 //   this cannot happen there. Between processes the peer protocol's counts make SENDs exact; an
-//   atomic whose response died with the device is not executed again, but its result is lost
-//   (logged).
+//   atomic a later delivered SEND shows executed is not executed again, but its result is lost
+//   (logged); one after the last delivered SEND is replayed (twice if its request had arrived).
 // - UD peers in other processes are told of a move only when this process has an address handle
 //   to their host (UDPeers.swift).
 // - application control verbs (create/modify/destroy/query) issued while a context is not LIVE
