@@ -98,10 +98,16 @@ lose() {  # sides -- pids: while the programs run, LOSSES times the device goes 
   echo "peer-recovery: $k loss(es) caused"
 }
 
-waitfor() {  # pids: bounded wait, then kill
-  i=0
-  while alive "$@" && [ $i -lt ${WAITFOR:-3000} ]; do sleep 0.1; i=$((i+1)); done
-  alive "$@" && { echo "peer-recovery: killing $* after $((${WAITFOR:-3000} / 10)) s"; kill -9 "$@"; }
+waitfor() {  # pids: wait at most WAITFOR tenths of a second by the clock (a count of short sleeps
+  # runs much longer than it says under TCG), then kill the programs themselves (not only the
+  # subshells that run them), so that their output and their shims' logs are shown
+  end=$(( $(date +%s) + ${WAITFOR:-3000} / 10 ))
+  while alive "$@" && [ "$(date +%s)" -lt $end ]; do sleep 0.2; done
+  if alive "$@"; then
+    echo "peer-recovery: killing $PROG after $((${WAITFOR:-3000} / 10)) s"
+    pkill -9 -x "$PROG"
+    kill -9 "$@" 2>/dev/null
+  fi
   wait "$@" 2>/dev/null
 }
 
