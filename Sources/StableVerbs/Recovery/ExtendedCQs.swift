@@ -111,8 +111,10 @@ extension Runtime {
         c.pointee.session = kept
     }
 
-    /// Whether the real CQ may be polled (it exists and the engine is not draining it). Control lock.
-    private func realCQPollable(_ rec: CQRecord) -> Bool {
+    /// Whether the real CQ may be polled (it exists and the engine is not draining it): the check
+    /// of every poll outside the fast path, ibv_poll_cq's (pollNotLive) and the extended API's.
+    /// Control lock.
+    func realCQPollable(_ rec: CQRecord) -> Bool {
         let st = sv_ctx_state(rec.context.ptr)
         let ok = st == SV_CTX_LIVE.rawValue || st == SV_CTX_QUIESCING.rawValue || st == SV_CTX_RECONNECTING.rawValue
         return ok && !rec.context.released

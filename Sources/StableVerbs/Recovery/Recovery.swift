@@ -1057,8 +1057,7 @@ extension Runtime {
                 rec.pending.removeFirst(take)
                 rec.publishPending()
             }
-            let ok = st == SV_CTX_LIVE.rawValue || st == SV_CTX_QUIESCING.rawValue || st == SV_CTX_RECONNECTING.rawValue
-            if take == Int(ne) || !ok || rec.context.released { return Int32(take) }
+            if take == Int(ne) || !realCQPollable(rec) { return Int32(take) }
             let n = svPollCQTranslatedRetiring(c, ne - Int32(take), wc + take)
             if n < 0 { return take > 0 ? Int32(take) : n }
             return Int32(take) + n
