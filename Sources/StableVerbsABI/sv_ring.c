@@ -491,6 +491,25 @@ void sv_ring_retire_one(struct sv_context *ctx, const struct ibv_wc *w)
 		retire(q, w, w->status != IBV_WC_SUCCESS);
 }
 
+static int ring_has(struct sv_wr_ring *r, uint64_t wr_id, int send)
+{
+	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+	for (uint64_t i = atomic_load_explicit(&r->head, memory_order_acquire); i != tail; i++) {
+		const struct sv_ring_entry *e = sv_ring_at(r, i);
+		if (!e->done && (send ? e->wr.send.wr_id : e->wr.recv.wr_id) == wr_id)
+			return 1;
+	}
+	return 0;
+}
+
+int sv_ring_outstanding(const struct sv_qp *q, uint64_t wr_id)
+{
+	/* Both rings: an error completion's opcode is not defined, so it does not say which queue. */
+	if (!q->send_ring && !q->recv_ring)
+		return 1;
+	return (q->send_ring && ring_has(q->send_ring, wr_id, 1)) || (q->recv_ring && ring_has(q->recv_ring, wr_id, 0));
+}
+
 void sv_ring_retire_cq_ex(struct sv_context *ctx, struct ibv_cq_ex *real)
 {
 	const struct sv_qp_index *t = current_index(ctx);

@@ -184,6 +184,7 @@ extension Runtime {
             rec.peerContext = peer
             rec.external = external
             if !external { dropLink(rec) }
+            if external, mask & mask_STATE != 0, attr.qp_state == IBV_QPS_ERR { applicationEndedConnection(rec) }
             let linkIDs = external ? link(of: rec).flatMap { $0.state == .ready ? $0.ids : nil } : nil
             storePeer(rec.ptr.pointer(to: \.peer)!, peer?.peerIDs ?? linkIDs)
             if external, mask & mask_STATE != 0, attr.qp_state == IBV_QPS_RTR, mask & mask_DEST != 0, mask & mask_AV != 0 {

@@ -24,6 +24,9 @@ final class PeerLink {
         case awaiting
         /// No shim owns the remote end, or the peer never came back: nothing more is done.
         case unmanaged
+        /// One of the applications ended the connection (its QP moved to the error state, reset or
+        /// destroyed; LinkClosing.swift): its error completions are its own and nothing more is done.
+        case closed
     }
 
     unowned let qp: QPRecord
@@ -44,6 +47,12 @@ final class PeerLink {
     let ids: UnsafeMutablePointer<sv_peer_ids>
     /// Error completions of this QP held back since (ns): the peer may be moving.
     var suspectSince: UInt64?
+    /// The status of the first completion held back: what the application gets first if the
+    /// connection fails after all.
+    var heldStatus = IBV_WC_RETRY_EXC_ERR
+    /// The shim completed the QP's outstanding work itself (failLink): error completions the real
+    /// CQ still returns for that work are duplicates.
+    var flushed = false
     /// The peer announced a planned detach: wait for it until then (ns) before giving up.
     var pausedUntil: UInt64 = 0
     var introduceAttempts = 0
@@ -89,6 +98,8 @@ final class PeerRegistry {
     /// The other side: the peer-service ports, by host, whose shims hold their UD sends to this
     /// process while it moves (set by `ud-pausing`, told and cleared by `ud-moved`).
     var udHolding: [PeerHost: [UInt16]] = [:]
+    /// `closed` notices for the peers of connections the application ended (LinkClosing.swift).
+    var closing = CloseNotices()
     var serviceStarted = false
     var listenFD: Int32 = -1
     var port: UInt16 = 0
@@ -143,9 +154,11 @@ extension Runtime {
         wakePeerService()
     }
 
-    /// The QP is destroyed or reset: its link goes.
-    func dropLink(_ rec: QPRecord) {
+    /// The QP is destroyed or reset, or connected elsewhere: its link goes, and the peer shim is
+    /// told that the connection ended (`tellPeer`).
+    func dropLink(_ rec: QPRecord, tellPeer: Bool = true) {
         guard let link = peers.links.removeValue(forKey: key(rec.ptr)) else { return }
+        if tellPeer { noticeClosed(link) }
         if rec.ptr.pointee.peer == link.ids { storePeer(rec.ptr.pointer(to: \.peer)!, nil) }
         link.free()
     }
@@ -225,7 +238,7 @@ extension Runtime {
                 link = l
             } else {
                 // Introduced before the application moved this end to RTR: the link starts here.
-                if peers.links[key(q.ptr)] != nil { dropLink(q) }
+                if peers.links[key(q.ptr)] != nil { dropLink(q, tellPeer: false) }
                 link = PeerLink(qp: q, remoteQPN: fromQPN, remoteGID: fromGID, localGID: toGID,
                                 host: peers.hostOverride ?? PeerHost(gid: fromGID))
                 peers.links[key(q.ptr)] = link

@@ -4,8 +4,9 @@
 // (their connections end in the error completions the application would see natively).
 //
 // Requests:  hello  (PeerLinks.swift: who owns this QPN?)        → owner | not-mine
-//            moved  (Reconnect.swift: my end of our link moved)   → reconnected | busy | collide | denied
+//            moved  (Reconnect.swift: my end of our link moved)   → reconnected | busy | collide | closed | denied
 //            pausing (Reconnect.swift: a planned detach begins)   → paused
+//            closed (LinkClosing.swift: my application ended it)  → ok | denied
 //            ud-moved (UDPeers.swift: my UD QPs are now these)    → noted | denied
 
 import CVerbs
@@ -17,6 +18,8 @@ extension Runtime {
     func startPeerService() {
         guard peers.enabled, !peers.serviceStarted else { return }
         peers.serviceStarted = true
+        CloseNotices.ownerPID = getpid()
+        atexit { Runtime.waitForCloseNotices() }
         peers.wakeFD = sv_eventfd(0, 1)
         for port in peers.portRange {
             let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -87,6 +90,7 @@ extension Runtime {
                 var v: UInt64 = 0
                 _ = read(peers.wakeFD, &v, 8)
             }
+            sendCloseNotices()
             introducePendingLinks()
             giveUpOnSilentPeers()
             releaseExpiredUDHolds()
@@ -99,10 +103,11 @@ extension Runtime {
         let deadline = monotonicNS() &+ 2_000_000_000
         guard let bytes = PeerSocket.readAll(fd, deadline) else { return }
         if let parts = PeerBatch.decode(bytes) {
-            // `moved` claims and `pausing` announcements come in batches (one verb per batch);
-            // anything else in one is refused part by part.
+            // `moved` claims, `pausing` announcements and `closed` notices come in batches (one
+            // verb per batch); anything else in one is refused part by part.
             let decoded = parts.map { PeerMessage.decode($0) ?? (PeerMessage("error"), [], nil) }
-            let replies = decoded.allSatisfy { $0.message.verb == "pausing" } ? decoded.map(answerPausing) : answerMoved(decoded)
+            let replies = decoded.allSatisfy { $0.message.verb == "pausing" } ? decoded.map(answerPausing)
+                : decoded.allSatisfy { $0.message.verb == "closed" } ? decoded.map(answerClosed) : answerMoved(decoded)
             _ = PeerSocket.writeAll(fd, PeerBatch.encode(replies), deadline)
             return
         }
@@ -115,6 +120,8 @@ extension Runtime {
             reply = answerMoved(d)
         case "pausing":
             reply = answerPausing(d)
+        case "closed":
+            reply = answerClosed(d)
         case "ud-pausing":
             reply = answerUDPausing(d.message, from: PeerHost(peerOf: fd)).encoded(key: nil)
         case "ud-moved":
@@ -134,7 +141,7 @@ extension Runtime {
                 guard let since = link.suspectSince, link.state == .ready, now &- since >= peers.timeoutNS,
                       now >= link.pausedUntil else { continue }
                 Log.warn("peer: \(link.label): no word from the peer shim for \(peers.timeoutNS / 1_000_000) ms after its connection failed: the errors reach the application")
-                failLink(link, status: IBV_WC_RETRY_EXC_ERR)
+                failLink(link, status: link.heldStatus)
             }
         }
     }

@@ -65,7 +65,7 @@ struct PeerCounts {
 }
 
 /// The shim process that answers for a link's remote end: its host and service port.
-private struct PeerProcess: Hashable {
+struct PeerProcess: Hashable {
     var host: PeerHost?
     var port: UInt16
 }
@@ -269,6 +269,7 @@ extension Runtime {
             case collide(PeerLink)              // both ends moved: the mover waits for our request
             case reset(PeerLink, PeerEndpoint)  // live here: reset towards the new end
             case finish(PeerLink, PeerEndpoint) // this end moved too and waits in INIT: from RTR on
+            case closed(PeerLink)               // the connection ended here (LinkClosing.swift)
         }
         // Which links the claims name, and the contexts this answer holds (the links' that are live).
         let (claims, held): ([Claim], [ContextRecord]) = withControlLock {
@@ -285,6 +286,7 @@ extension Runtime {
                     Log.warn("peer: a `moved` claim for QP \(hex(toQPN)) was refused (unknown link or bad authentication)")
                     return .denied
                 }
+                if link.state == .closed || (link.state == .unmanaged && link.flushed) { return .closed(link) }
                 let c = q.context
                 if held.contains(where: { $0 === c }) { return link.state == .ready ? .reset(link, peer) : .busy(link) }
                 let st = sv_ctx_state(c.ptr)
@@ -314,6 +316,7 @@ extension Runtime {
                 case .denied: replies.append(PeerMessage("denied").encoded(key: nil)); continue
                 case .busy(let l): replies.append(PeerMessage("busy").encoded(key: l.key)); continue
                 case .collide(let l): replies.append(PeerMessage("collide").encoded(key: l.key)); continue
+                case .closed(let l): replies.append(PeerMessage("closed").encoded(key: l.key)); continue
                 case .reset(let l, let p): (link, peer, wasLive) = (l, p, true)
                 case .finish(let l, let p): (link, peer, wasLive) = (l, p, false)
                 }
@@ -504,6 +507,16 @@ extension Runtime {
                 Log.info("peer: \(link.label): reconnected (peer's real QPN \(hex(peer.qpn)))")
                 return "reconnected"
             }
+        case "closed":
+            // The peer's application ended the connection (or its shim gave up on us): it fails
+            // here as it would natively, now rather than after the peer timeout.
+            return withControlLock {
+                guard link.state == .awaiting else { return "done" }
+                Log.warn("peer: \(link.label): the peer's end of the connection is closed: the connection fails as it would natively")
+                failLink(link, status: IBV_WC_RETRY_EXC_ERR)
+                link.state = .closed
+                return "done"
+            }
         case "collide":
             // The peer moved too and wins: its request reaches our service, which answers it.
             return withControlLock { link.state != .awaiting } ? "done" : "collide (waiting for the peer's request)"
@@ -577,6 +590,7 @@ extension Runtime {
         let q = link.qp
         link.state = .unmanaged
         link.suspectSince = nil
+        link.flushed = true
         link.pausedUntil = 0  // the move it announced is over
         var attr = ibv_qp_attr()
         attr.qp_state = IBV_QPS_ERR

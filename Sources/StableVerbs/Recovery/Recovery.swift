@@ -1078,15 +1078,20 @@ extension Runtime {
             if w.status != IBV_WC_SUCCESS {
                 // A QP whose peer shim may be moving (or being reconnected): held back, its work
                 // stays in the rings for the reconnection; given up after the peer timeout.
-                let (linked, first): (Bool, Bool) = withControlLock {
-                    if c.peerHold { return (true, false) }
-                    guard let q = sv_qp_index_find(ctx, w.qp_num), let link = peers.links[key(q)],
-                          link.state == .ready || link.state == .awaiting else { return (false, false) }
-                    guard link.suspectSince == nil else { return (true, false) }
+                // A connection whose work the shim completed itself (failLink) returns duplicates
+                // of those completions from the real CQ: dropped.
+                let (linked, first, duplicate): (Bool, Bool, Bool) = withControlLock {
+                    if c.peerHold { return (true, false, false) }
+                    guard let q = sv_qp_index_find(ctx, w.qp_num), let link = peers.links[key(q)] else { return (false, false, false) }
+                    if link.flushed && sv_ring_outstanding(q, w.wr_id) == 0 { return (false, false, true) }
+                    guard link.state == .ready || link.state == .awaiting else { return (false, false, false) }
+                    guard link.suspectSince == nil else { return (true, false, false) }
                     link.suspectSince = monotonicNS()
+                    link.heldStatus = w.status
                     Log.info("peer: \(link.label): error completion (status \(w.status.rawValue)) held back: waiting up to \(peers.timeoutNS / 1_000_000) ms for the peer")
-                    return (true, true)
+                    return (true, true, false)
                 }
+                if duplicate { continue }
                 if linked {
                     held = true
                     // Our own device may be the one that failed: looked at once per failure.

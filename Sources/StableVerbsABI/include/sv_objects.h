@@ -226,6 +226,9 @@ void sv_ring_settle(struct sv_wr_ring *r);
 int sv_ring_retire(struct sv_context *ctx, const struct ibv_wc *wc, int n);
 /* One completion: retires its entries (error completions too). */
 void sv_ring_retire_one(struct sv_context *ctx, const struct ibv_wc *wc);
+/* Whether an entry not yet done with this wr_id is on q's send or receive ring (1 also when q has
+ * no rings): an error completion that matches none repeats one the shim already made. */
+int sv_ring_outstanding(const struct sv_qp *q, uint64_t wr_id);
 /* The successful completion an extended real CQ is positioned on (start_poll/next_poll returned
  * 0): retires its entry (its QP from read_qp_num, which the shim always asks the CQ for). */
 void sv_ring_retire_cq_ex(struct sv_context *ctx, struct ibv_cq_ex *real);
