@@ -12,7 +12,7 @@ static const char *const env_names[] = {
 	"STABLEVERBS_LOWER", "STABLEVERBS_SOFTHCA",
 	/* recovery (Sources/StableVerbs/Recovery/Recovery.swift) */
 	"STABLEVERBS_MATCH", "STABLEVERBS_MATCH_WAIT_MS", "STABLEVERBS_QUIESCE_MS", "STABLEVERBS_GRACE_US",
-	"STABLEVERBS_DEVICE_WAIT_MS", "STABLEVERBS_RESCAN_MS",
+	"STABLEVERBS_DEVICE_WAIT_MS", "STABLEVERBS_LOSS_WAIT_MS", "STABLEVERBS_RESCAN_MS",
 	/* the control socket's directory (Sources/StableVerbsControl/RuntimeDirectory.swift) */
 	"STABLEVERBS_RUNTIME_DIR", "XDG_RUNTIME_DIR",
 };

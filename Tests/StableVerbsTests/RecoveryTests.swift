@@ -183,4 +183,19 @@ struct RecoveryTests {
         #expect(out.stderr.contains("failed making a QP (errno 5); nothing changed"), "\(out)")
         #expect(out.stderr.contains("failed (errno 5); retrying"), "\(out)")
     }
+
+    /// The device is lost and stays away past STABLEVERBS_LOSS_WAIT_MS: the application gets what
+    /// a dead device gives natively (IBV_EVENT_DEVICE_FATAL, its outstanding work flushed in error,
+    /// EIO), its teardown succeeds, and the dead context is not rebuilt when the device returns.
+    @Test("a device that does not come back: native errors after STABLEVERBS_LOSS_WAIT_MS, no hang",
+          arguments: [Setup.ibOneDevice, .ethOneDevice])
+    func deviceGone(setup: Setup) throws {
+        var env = recoveryEnvironment
+        env["STABLEVERBS_LOSS_WAIT_MS"] = "1500"
+        let out = try Harness.runProgram("devicegone", [], setup: setup, extraEnvironment: env)
+        #expect(out.status == 0 && !out.timedOut, "\(out)")
+        #expect(out.line(startingWith: "devicegone: 5 flushed, 0 errors") != nil, "\(out)")
+        #expect(out.stderr.contains("did not come back within"), "\(out)")
+        if let t = out.line(startingWith: "devicegone: IBV_EVENT_DEVICE_FATAL after ") { print("\(setup): \(t)") }
+    }
 }

@@ -49,6 +49,7 @@ extension Runtime {
         case SV_CTX_REBUILDING.rawValue: "rebuilding"
         case SV_CTX_RECONNECTING.rawValue: "reconnecting"
         case SV_CTX_PASSTHROUGH.rawValue: "passthrough"
+        case SV_CTX_FAILED.rawValue: "failed (the device did not come back)"
         default: released ? "released" : "unknown(\(state))"
         }
     }

@@ -118,7 +118,7 @@ public func svOpReqNotifyCQ(_ cq: UnsafeMutablePointer<ibv_cq>?, _ solicitedOnly
 func svReqNotifyCQNotLive(_ c: UnsafeMutablePointer<sv_cq>, _ solicitedOnly: Int32) -> Int32 {
     // Released or rebuilding: the rebuild re-arms every CQ with a channel.
     let st = svCtxState(c.pointee.ctx.unsafelyUnwrapped)
-    if st == SV_CTX_RELEASED.rawValue || st == SV_CTX_REBUILDING.rawValue { return 0 }
+    if st == SV_CTX_RELEASED.rawValue || st == SV_CTX_REBUILDING.rawValue || st == SV_CTX_FAILED.rawValue { return 0 }
     let real = c.pointee.real.unsafelyUnwrapped
     return real.pointee.context.unsafelyUnwrapped.pointee.ops.req_notify_cq.unsafelyUnwrapped(real, solicitedOnly)
 }

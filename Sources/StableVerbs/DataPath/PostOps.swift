@@ -42,25 +42,43 @@ public func svOpPostSend(
     // sees it; dropped again from the refused WR on if the provider refuses.
     let mark = sv_ring_record_send(ring, wr)
     let rc = post(real, wr, bad)
-    if rc != 0 || mark == UInt64.max { svSendRingFixup(ring, mark, rc, wr, bad) }
+    if rc != 0 || mark == UInt64.max { return svSendRingFixup(ctx, ring, mark, rc, wr, bad) }
     return rc
 }
 
 /// COLD: the provider refused part of a recorded list, or the list could not be recorded — the
 /// ring had no room, or a WR the QP cannot take (more SGEs or inline bytes than it was made for):
 /// when the provider refused one, what it took before is recorded now; else the queue can no
-/// longer be replayed after a device loss (logged by the recovery).
+/// longer be replayed after a device loss (logged by the recovery). A refusal with EIO/ENODEV is
+/// the device going away under the post: the WRs stay recorded, the recovery that this triggers
+/// replays them, and the application sees a post that worked (0). Returns what the post returns.
 @inline(never)
 func svSendRingFixup(
-    _ ring: UnsafeMutablePointer<sv_wr_ring>, _ mark: UInt64, _ rc: Int32, _ wr: UnsafeMutablePointer<ibv_send_wr>?,
-    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
-) {
+    _ ctx: UnsafeMutablePointer<sv_context>, _ ring: UnsafeMutablePointer<sv_wr_ring>, _ mark: UInt64, _ rc: Int32,
+    _ wr: UnsafeMutablePointer<ibv_send_wr>?, _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
+) -> Int32 {
+    svRingFixup(ctx, ring, mark, rc, wr, bad, recordPrefix: sv_ring_record_send_prefix, unrecord: sv_ring_unrecord_send)
+}
+
+/// svSendRingFixup and svRecvRingFixup, for either kind of WR.
+@inline(__always)
+func svRingFixup<WR>(
+    _ ctx: UnsafeMutablePointer<sv_context>, _ ring: UnsafeMutablePointer<sv_wr_ring>, _ mark: UInt64, _ rc: Int32,
+    _ wr: UnsafeMutablePointer<WR>?, _ bad: UnsafeMutablePointer<UnsafeMutablePointer<WR>?>?,
+    recordPrefix: (UnsafeMutablePointer<sv_wr_ring>?, UnsafePointer<WR>?, UnsafePointer<WR>?) -> UInt64,
+    unrecord: (UnsafeMutablePointer<sv_wr_ring>?, UInt64, UnsafePointer<WR>?, UnsafePointer<WR>?) -> Void
+) -> Int32 {
+    if mark != UInt64.max && svKeptForReplay(ctx, rc) {
+        bad?.pointee = nil
+        return 0
+    }
     if mark == UInt64.max {
-        if rc != 0, let refused = bad?.pointee, sv_ring_record_send_prefix(ring, wr, refused) != UInt64.max { return }
+        if rc != 0, let refused = bad?.pointee, recordPrefix(ring, wr, refused) != UInt64.max { return rc }
         sv_ring_mark_lost(ring)
     } else {
-        sv_ring_unrecord_send(ring, mark, wr, bad?.pointee ?? wr)
+        unrecord(ring, mark, wr, bad?.pointee ?? wr)
     }
+    return rc
 }
 
 /// The translated path with the work ring kept (cold paths, recovery).
@@ -73,7 +91,11 @@ func svPostSendRecorded(
     var localBad: UnsafeMutablePointer<ibv_send_wr>? = nil
     let rc = svPostSendTranslated(q, wr, &localBad)
     bad?.pointee = localBad
-    if rc != 0 || mark == UInt64.max { svSendRingFixup(ring, mark, rc, wr, &localBad) }
+    if rc != 0 || mark == UInt64.max {
+        let given = svSendRingFixup(q.pointee.ctx.unsafelyUnwrapped, ring, mark, rc, wr, &localBad)
+        bad?.pointee = localBad
+        return given
+    }
     return rc
 }
 
@@ -259,22 +281,17 @@ public func svOpPostRecv(
     guard let ring = q.pointee.recv_ring else { return post(real, wr, bad) }
     let mark = sv_ring_record_recv(ring, wr)
     let rc = post(real, wr, bad)
-    if rc != 0 || mark == UInt64.max { svRecvRingFixup(ring, mark, rc, wr, bad) }
+    if rc != 0 || mark == UInt64.max { return svRecvRingFixup(ctx, ring, mark, rc, wr, bad) }
     return rc
 }
 
 /// COLD: see svSendRingFixup.
 @inline(never)
 func svRecvRingFixup(
-    _ ring: UnsafeMutablePointer<sv_wr_ring>, _ mark: UInt64, _ rc: Int32, _ wr: UnsafeMutablePointer<ibv_recv_wr>?,
-    _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
-) {
-    if mark == UInt64.max {
-        if rc != 0, let refused = bad?.pointee, sv_ring_record_recv_prefix(ring, wr, refused) != UInt64.max { return }
-        sv_ring_mark_lost(ring)
-    } else {
-        sv_ring_unrecord_recv(ring, mark, wr, bad?.pointee ?? wr)
-    }
+    _ ctx: UnsafeMutablePointer<sv_context>, _ ring: UnsafeMutablePointer<sv_wr_ring>, _ mark: UInt64, _ rc: Int32,
+    _ wr: UnsafeMutablePointer<ibv_recv_wr>?, _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
+) -> Int32 {
+    svRingFixup(ctx, ring, mark, rc, wr, bad, recordPrefix: sv_ring_record_recv_prefix, unrecord: sv_ring_unrecord_recv)
 }
 
 /// The translated receive path with the work ring kept (cold paths, recovery).
@@ -289,7 +306,13 @@ func svPostRecvRecorded(
     var localBad: UnsafeMutablePointer<ibv_recv_wr>? = nil
     let rc = svPostRecvTranslated(object, isSRQ, wr, &localBad)
     bad?.pointee = localBad
-    if rc != 0 || mark == UInt64.max { svRecvRingFixup(ring, mark, rc, wr, &localBad) }
+    if rc != 0 || mark == UInt64.max {
+        let ctx = isSRQ ? object.assumingMemoryBound(to: sv_srq.self).pointee.ctx.unsafelyUnwrapped
+                        : object.assumingMemoryBound(to: sv_qp.self).pointee.ctx.unsafelyUnwrapped
+        let given = svRecvRingFixup(ctx, ring, mark, rc, wr, &localBad)
+        bad?.pointee = localBad
+        return given
+    }
     return rc
 }
 
@@ -309,7 +332,7 @@ public func svOpPostSRQRecv(
     guard let ring = s.pointee.recv_ring else { return post(real, wr, bad) }
     let mark = sv_ring_record_recv(ring, wr)
     let rc = post(real, wr, bad)
-    if rc != 0 || mark == UInt64.max { svRecvRingFixup(ring, mark, rc, wr, bad) }
+    if rc != 0 || mark == UInt64.max { return svRecvRingFixup(ctx, ring, mark, rc, wr, bad) }
     return rc
 }
 
@@ -379,4 +402,31 @@ func svPostSendOpAddress() -> UnsafeMutableRawPointer {
         UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
     ) -> Int32 = svOpPostSend
     return unsafeBitCast(op, to: UnsafeMutableRawPointer.self)
+}
+
+// MARK: - A device lost under a post
+
+/// Whether a provider's answer to a post means the device is gone (errno or -errno).
+@inline(__always)
+func svDeviceGone(_ rc: Int32) -> Bool {
+    rc == EIO || rc == ENODEV || rc == -EIO || rc == -ENODEV
+}
+
+/// A post the provider refused with `rc`, whose WRs are all recorded: when the device is gone they
+/// stay for the replay and the recovery starts (true); else false.
+@inline(__always)
+func svKeptForReplay(_ ctx: UnsafeMutablePointer<sv_context>, _ rc: Int32) -> Bool {
+    guard svDeviceGone(rc) else { return false }
+    svColdPostOnLostDevice(ctx)
+    return true
+}
+
+/// COLD SLOW PATH: a post (or ibv_wr_complete) failed because the device is gone: an unplanned
+/// recovery is triggered (the watcher may not have noticed yet).
+@inline(never)
+func svColdPostOnLostDevice(_ ctx: UnsafeMutablePointer<sv_context>) {
+    let rt = Runtime.current
+    let c: ContextRecord = withControlLock { record(ctx.pointee.core, as: ContextRecord.self) }
+    Log.info("\(c.currentDeviceName): a post failed as on a removed device: kept for the replay, unplanned recovery")
+    rt.trigger(c)
 }

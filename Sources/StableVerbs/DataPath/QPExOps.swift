@@ -408,19 +408,31 @@ public func svOpWrComplete(_ qpx: UnsafeMutablePointer<ibv_qp_ex>?) -> Int32 {
         svSetBatch(q, SV_WR_BATCH_NONE)
         return rc
     }
-    let rc = svCommitAndComplete(ring, r)
+    let rc = svCommitAndComplete(q.pointee.ctx.unsafelyUnwrapped, ring, r)
     svSetBatch(q, SV_WR_BATCH_NONE)
     return rc
 }
 
 /// Commits the batch recorded in `ring`, then has the provider post it (`wr_complete`); a batch
-/// the provider refuses is taken back out of the ring. Committed first: a completion may be
-/// polled (another thread) as soon as the provider posted.
+/// the provider refuses is taken back out of the ring — unless it refused because the device is
+/// gone (EIO/ENODEV): then it stays for the replay of the recovery this triggers, and the
+/// application sees it posted. Committed first: a completion may be polled (another thread) as
+/// soon as the provider posted.
 @inline(__always)
-func svCommitAndComplete(_ ring: UnsafeMutablePointer<sv_wr_ring>, _ r: UnsafeMutablePointer<ibv_qp_ex>) -> Int32 {
+func svCommitAndComplete(_ ctx: UnsafeMutablePointer<sv_context>, _ ring: UnsafeMutablePointer<sv_wr_ring>,
+                         _ r: UnsafeMutablePointer<ibv_qp_ex>) -> Int32 {
     let old = sv_ring_wr_commit(ring)
     let rc = r.pointee.wr_complete.unsafelyUnwrapped(r)
-    if rc != 0 { sv_ring_wr_uncommit(ring, old) }
+    if rc != 0 { return svWrCompleteRefused(ctx, ring, old, rc) }
+    return rc
+}
+
+/// COLD: see svCommitAndComplete.
+@inline(never)
+func svWrCompleteRefused(_ ctx: UnsafeMutablePointer<sv_context>, _ ring: UnsafeMutablePointer<sv_wr_ring>,
+                         _ old: UInt64, _ rc: Int32) -> Int32 {
+    if svKeptForReplay(ctx, rc) { return 0 }
+    sv_ring_wr_uncommit(ring, old)
     return rc
 }
 

@@ -21,7 +21,7 @@ public func sv_ibv_dealloc_pd(_ pd: UnsafeMutablePointer<ibv_pd>?) -> Int32 {
         guard let f = rt.ops.dealloc_pd else { return ENOSYS }
         return f(pd)
     }
-    return rt.withHardware(of: { pdRecord(pd).context }, gone: EIO) { _ in rt.deallocPD(pdRecord(pd)) }
+    return rt.withHardware(of: { pdRecord(pd).context }, gone: EIO, destroying: true) { _ in rt.deallocPD(pdRecord(pd)) }
 }
 
 @_cdecl("ibv_reg_mr")
@@ -85,7 +85,7 @@ public func sv_ibv_dereg_mr(_ mr: UnsafeMutablePointer<ibv_mr>?) -> Int32 {
         guard let f = rt.ops.dereg_mr else { return ENOSYS }
         return f(mr)
     }
-    return rt.withHardware(of: { mrRecord(mr).context }, gone: EIO) { _ in rt.deregisterMR(mrRecord(mr)) }
+    return rt.withHardware(of: { mrRecord(mr).context }, gone: EIO, destroying: true) { _ in rt.deregisterMR(mrRecord(mr)) }
 }
 
 @_cdecl("ibv_reg_dmabuf_mr")
@@ -118,7 +118,7 @@ public func sv_ibv_destroy_comp_channel(_ channel: UnsafeMutablePointer<ibv_comp
         guard let f = rt.ops.destroy_comp_channel else { return ENOSYS }
         return f(channel)
     }
-    return rt.withHardware(of: { channelRecord(channel).context }, gone: EIO) { _ in rt.destroyChannel(channelRecord(channel)) }
+    return rt.withHardware(of: { channelRecord(channel).context }, gone: EIO, destroying: true) { _ in rt.destroyChannel(channelRecord(channel)) }
 }
 
 // MARK: - Imports (sharing objects across processes by handle) are not supported.

@@ -244,7 +244,7 @@ public func sv_ibv_destroy_ah(_ ah: UnsafeMutablePointer<ibv_ah>?) -> Int32 {
         guard let f = rt.ops.destroy_ah else { return ENOSYS }
         return f(ah)
     }
-    return rt.withHardware(of: { ahRecord(ah).context }, gone: EIO) { _ in rt.destroyAH(ahRecord(ah)) }
+    return rt.withHardware(of: { ahRecord(ah).context }, gone: EIO, destroying: true) { _ in rt.destroyAH(ahRecord(ah)) }
 }
 
 @_cdecl("ibv_init_ah_from_wc")

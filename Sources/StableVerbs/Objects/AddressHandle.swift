@@ -68,7 +68,7 @@ extension Runtime {
 
     func destroyAH(_ rec: AHRecord) -> Int32 {
         guard let destroy = ops.destroy_ah else { return ENOSYS }
-        let rc = destroy(rec.real)
+        let rc = rec.context.failed ? 0 : destroy(rec.real)
         if rc != 0 { return rc }
         rec.context.ahs[key(rec.ptr)] = nil
         free(rec.ptr)

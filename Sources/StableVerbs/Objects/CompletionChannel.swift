@@ -53,7 +53,7 @@ extension Runtime {
 
     func destroyChannel(_ rec: ChannelRecord) -> Int32 {
         guard let destroy = ops.destroy_comp_channel else { return ENOSYS }
-        let rc = destroy(rec.real)
+        let rc = rec.context.failed ? 0 : destroy(rec.real)
         if rc != 0 { return rc }
         rec.context.channels[key(rec.ptr)] = nil
         free(rec.ptr)

@@ -64,6 +64,9 @@ final class ContextRecord {
     var released = false
     /// Released by stableverbs_detach: waits for stableverbs_attach (no automatic rebuild).
     var plannedHold = false
+    /// The device did not come back within STABLEVERBS_LOSS_WAIT_MS (Recovery/DeviceGone.swift):
+    /// released for good, state FAILED.
+    var failed = false
     /// Held by the peer protocol while one of its QPs reconnects to a peer that moved (posts
     /// buffered beyond `holdMarks`, the tails of its work rings when the hold began).
     var peerHold = false

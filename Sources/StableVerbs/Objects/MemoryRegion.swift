@@ -94,7 +94,7 @@ extension Runtime {
 
     func deregisterMR(_ rec: MRRecord) -> Int32 {
         guard let dereg = ops.dereg_mr else { return ENOSYS }
-        let rc = dereg(rec.real)
+        let rc = rec.context.failed ? 0 : dereg(rec.real)
         if rc != 0 { return rc }
         let ctx = rec.context
         let vl = rec.ptr.pointee.mr.lkey, vr = rec.ptr.pointee.mr.rkey

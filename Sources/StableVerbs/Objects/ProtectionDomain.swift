@@ -48,7 +48,7 @@ extension Runtime {
 
     func deallocPD(_ rec: PDRecord) -> Int32 {
         guard let dealloc = ops.dealloc_pd else { return ENOSYS }
-        let rc = dealloc(rec.real)
+        let rc = rec.context.failed ? 0 : dealloc(rec.real)
         if rc != 0 { return rc }
         rec.context.pds[key(rec.ptr)] = nil
         free(rec.ptr)

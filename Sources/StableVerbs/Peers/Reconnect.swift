@@ -609,7 +609,7 @@ extension Runtime {
 
 /// Completes every outstanding entry of a ring in error into `cq`'s pending completions: the first
 /// with `firstStatus`, the rest flushed.
-private func flush(_ r: UnsafeMutablePointer<sv_wr_ring>, into cq: CQRecord, qpn: UInt32, firstStatus: ibv_wc_status,
+func flush(_ r: UnsafeMutablePointer<sv_wr_ring>, into cq: CQRecord, qpn: UInt32, firstStatus: ibv_wc_status,
                    wrID: (UnsafeMutablePointer<sv_ring_entry>) -> UInt64) {
     var status = firstStatus
     var i = sv_ring_head(r)

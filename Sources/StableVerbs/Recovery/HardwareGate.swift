@@ -7,7 +7,9 @@
 // rebuild is committed (the recovery holds the control lock while it rebuilds, so the verb then
 // meets either the old objects or the new ones, never half of each). The wait is bounded by
 // STABLEVERBS_CONTROL_WAIT_MS (60 s): past it the verb fails with EIO, what a removed device
-// answers natively.
+// answers natively. On a context whose device never came back (FAILED, DeviceGone.swift) a verb
+// fails with EIO at once, except the destroys: they forget the virtual object (nothing is left
+// below it) and succeed.
 
 import Glibc
 import StableVerbsABI
@@ -15,15 +17,21 @@ import StableVerbsABI
 extension Runtime {
     /// Runs `body` under the control lock with the real objects of the context `record()` names
     /// in place, waiting for the rebuild while a recovery has them away. Past the bound: `gone`,
-    /// with errno EIO.
-    func withHardware<T>(of record: () -> ContextRecord, gone: T, _ body: (ContextRecord) -> T) -> T {
+    /// with errno EIO. On a FAILED context: `body` for a destroy (`destroying`, which then must not
+    /// reach the real object), else `gone` at once.
+    func withHardware<T>(of record: () -> ContextRecord, gone: T, destroying: Bool = false, _ body: (ContextRecord) -> T) -> T {
         var deadline: UInt64 = 0
         while true {
             sv_control_lock()
             let c = record()
-            if !c.released && sv_ctx_state(c.ptr) != SV_CTX_RELEASED.rawValue {
+            if !c.released && sv_ctx_state(c.ptr) != SV_CTX_RELEASED.rawValue || c.failed && destroying {
                 defer { sv_control_unlock() }
                 return body(c)
+            }
+            if c.failed {
+                sv_control_unlock()
+                setErrno(EIO)
+                return gone
             }
             let name = c.currentDeviceName
             sv_control_unlock()
@@ -49,13 +57,13 @@ extension Runtime {
         context: (Record) -> ContextRecord, record: () -> Record, real: (Record) -> UnsafeMutablePointer<Real>,
         destroy: (UnsafeMutablePointer<Real>) -> Int32, forget: (Record) -> Void
     ) -> Int32 {
-        let found = withHardware(of: { context(record()) }, gone: nil) { c -> (Record, UnsafeMutablePointer<Real>, ContextRecord)? in
+        let found = withHardware(of: { context(record()) }, gone: nil, destroying: true) { c -> (Record, UnsafeMutablePointer<Real>, ContextRecord)? in
             c.destroysInFlight += 1
             let r = record()
             return (r, real(r), c)
         }
         guard let (rec, object, c) = found else { return EIO }
-        let rc = destroy(object)
+        let rc = c.failed ? 0 : destroy(object)
         withControlLock {
             if rc == 0 { forget(rec) }
             c.destroysInFlight -= 1

@@ -16,10 +16,13 @@
 //               async fd the application sees is the shim's own eventfd. Posts are buffered; polls
 //               serve the pending completions.
 //   REBUILDING  waiting for a device that matches STABLEVERBS_MATCH (polling the device list with
-//               a bounded backoff), then Rebuild.swift makes every real object again.
+//               a bounded backoff), then Rebuild.swift makes every real object again. An unplanned
+//               loss waits up to STABLEVERBS_LOSS_WAIT_MS, a planned attach STABLEVERBS_DEVICE_WAIT_MS.
 //   RECONNECTING the QPs' journals are replayed (reconnect to the rebuilt local peers), then the work
 //               rings are re-posted: every receive not completed, then every send not completed,
 //               then what was buffered, in order. Then LIVE.
+//   FAILED      the device of an unplanned loss did not come back in time: the application was
+//               given what a dead device gives natively (DeviceGone.swift); never rebuilt.
 //
 // Recoveries act on a *group*: the contexts named (or whose device failed) and every context with a
 // connection or address handle into them, so both ends of an in-process connection move together.
@@ -58,8 +61,6 @@
 //   (logged); one after the last delivered SEND is replayed (twice if its request had arrived).
 // - UD peers in other processes are told of a move only when this process has an address handle
 //   to their host (UDPeers.swift).
-// - application control verbs (create/modify/destroy/query) issued while a context is not LIVE
-//   are not held back.
 
 import CVerbs
 import Glibc
@@ -129,6 +130,8 @@ final class RecoveryState {
     let graceUS: UInt32
     let graceMinUS: UInt32
     let deviceWaitNS: UInt64
+    /// How long an unplanned loss waits for the device (STABLEVERBS_LOSS_WAIT_MS; nil: for ever).
+    let lossWaitNS: UInt64?
     let matchWaitNS: UInt64
     let rescanNS: UInt64
     /// How long a control verb waits for the hardware a recovery took away (HardwareGate.swift).
@@ -146,6 +149,8 @@ final class RecoveryState {
         graceUS = UInt32(min(number("STABLEVERBS_GRACE_US", 50_000), 1_000_000))
         graceMinUS = min(2000, graceUS)
         deviceWaitNS = number("STABLEVERBS_DEVICE_WAIT_MS", 60_000) * 1_000_000
+        let loss = number("STABLEVERBS_LOSS_WAIT_MS", 300_000)
+        lossWaitNS = loss == 0 ? nil : loss * 1_000_000
         matchWaitNS = number("STABLEVERBS_MATCH_WAIT_MS", 1000) * 1_000_000
         rescanNS = number("STABLEVERBS_RESCAN_MS", 500) * 1_000_000
         controlWaitNS = number("STABLEVERBS_CONTROL_WAIT_MS", 60_000) * 1_000_000
@@ -167,7 +172,7 @@ func sleepNS(_ ns: UInt64) {
     while nanosleep(&ts, &rem) != 0 && currentErrno() == EINTR { ts = rem }
 }
 
-private func signalFD(_ fd: Int32) {
+func signalFD(_ fd: Int32) {
     var one: UInt64 = 1
     _ = write(fd, &one, 8)
 }
@@ -391,7 +396,7 @@ extension Runtime {
         let t1 = monotonicNS()
         release(group)
         times.release = monotonicNS() &- t1
-        _ = reattach(group, planned: false, times: times, bound: nil)
+        _ = reattach(group, planned: false, times: times, bound: recovery.lossWaitNS)
     }
 
     // MARK: - Groups
@@ -418,7 +423,8 @@ extension Runtime {
                 }
             }
         }
-        return orderedContexts().filter { members.contains(key($0.ptr)) }
+        // A context whose device never came back (DeviceGone.swift) takes no part any more.
+        return orderedContexts().filter { members.contains(key($0.ptr)) && !$0.failed }
     }
 
     // MARK: - Planned: detach / attach
@@ -765,9 +771,12 @@ extension Runtime {
     }
 
     /// Device wait + rebuild of every context of the group (with retries and a bounded backoff),
-    /// then the replay, then LIVE. `bound` nil: wait for as long as it takes.
-    private func reattach(_ group: [ContextRecord], planned: Bool, times initial: RecoveryTimes, bound: UInt64?) -> Int32 {
-        var times = initial
+    /// then the replay, then LIVE. `bound` nil: wait for as long as it takes. Past the bound a
+    /// planned attach fails (ETIMEDOUT, still detached); an unplanned loss fails the contexts still
+    /// waiting as native verbs would (DeviceGone.swift) and goes on with the rest.
+    private func reattach(_ initial: [ContextRecord], planned: Bool, times initialTimes: RecoveryTimes, bound: UInt64?) -> Int32 {
+        var group = initial
+        var times = initialTimes
         let start = monotonicNS()
         var backoff: UInt64 = 1_000_000  // 1 ms, doubling to 100 ms
         var attempts = 0
@@ -806,7 +815,11 @@ extension Runtime {
             if let bound, monotonicNS() &- start >= bound {
                 Log.error("recovery: no matching device for \(waiting.map { $0.device.name }.joined(separator: ", ")) within \(bound / 1_000_000) ms")
                 withControlLock { recovery.stats.lastError = ETIMEDOUT }
-                return ETIMEDOUT
+                if planned { return ETIMEDOUT }
+                withControlLock { for c in waiting { failDevice(c, waitedNS: monotonicNS() &- start) } }
+                group.removeAll { c in waiting.contains { $0 === c } }
+                if group.isEmpty { return ETIMEDOUT }
+                break
             }
             let s0 = monotonicNS()
             sleepNS(backoff)
@@ -998,6 +1011,10 @@ extension Runtime {
                 if st == SV_CTX_LIVE.rawValue || st == SV_CTX_PASSTHROUGH.rawValue {
                     return svPostSendRecorded(q, wr, bad)
                 }
+                if st == SV_CTX_FAILED.rawValue {  // the device never came back (DeviceGone.swift)
+                    bad?.pointee = wr
+                    return EIO
+                }
                 guard let ring = q.pointee.send_ring else { return nil }  // untracked: wait
                 noteBuffering(ring)
                 if sv_ring_record_send(ring, wr) == UInt64.max {
@@ -1022,6 +1039,10 @@ extension Runtime {
                 let st = sv_ctx_state(ctx)
                 if st == SV_CTX_LIVE.rawValue || st == SV_CTX_PASSTHROUGH.rawValue {
                     return svPostRecvRecorded(object, isSRQ, wr, bad)
+                }
+                if st == SV_CTX_FAILED.rawValue {
+                    bad?.pointee = wr
+                    return EIO
                 }
                 guard let ring else { return nil }
                 noteBuffering(ring)

@@ -45,6 +45,7 @@ extension Runtime {
                 return r.pointee.wr_complete.unsafelyUnwrapped(r)
             }
             if batch == UInt32(SV_WR_BATCH_BUFFERED) {
+                if st == SV_CTX_FAILED.rawValue { return EIO }  // not committed: the batch is dropped
                 if !live {
                     noteBuffering(ring)
                     _ = sv_ring_wr_commit(ring)
@@ -66,7 +67,7 @@ extension Runtime {
             }
             // Started while LIVE; the context left LIVE since (QUIESCING, or a loss not yet
             // released): the real QP still takes it, the drain or the replay accounts for it.
-            return svCommitAndComplete(ring, q.pointee.real_qpx.unsafelyUnwrapped)
+            return svCommitAndComplete(q.pointee.ctx, ring, q.pointee.real_qpx.unsafelyUnwrapped)
         }
     }
 }

@@ -94,6 +94,7 @@ enum sv_ctx_state {
 	SV_CTX_REBUILDING = 3,
 	SV_CTX_RECONNECTING = 4,
 	SV_CTX_PASSTHROUGH = 5,
+	SV_CTX_FAILED = 6, /* the device did not come back (STABLEVERBS_LOSS_WAIT_MS): posts fail with EIO */
 };
 
 #define SV_MAGIC_DEVICE  0x5356444556494345ull /* "SVDEVICE" */
