@@ -7,17 +7,14 @@
 #include <unistd.h>
 #include "sv_startup.h"
 
-static const char *const env_names[] = {
-	"STABLEVERBS_LOG", "STABLEVERBS_LOG_FILE", "STABLEVERBS_PASSTHROUGH",
-	"STABLEVERBS_LOWER", "STABLEVERBS_SOFTHCA",
-	/* recovery (Sources/StableVerbs/Recovery/Recovery.swift) */
-	"STABLEVERBS_MATCH", "STABLEVERBS_MATCH_WAIT_MS", "STABLEVERBS_QUIESCE_MS", "STABLEVERBS_GRACE_US",
-	"STABLEVERBS_DEVICE_WAIT_MS", "STABLEVERBS_LOSS_WAIT_MS", "STABLEVERBS_RESCAN_MS",
-	/* the control socket's directory (Sources/StableVerbsControl/RuntimeDirectory.swift) */
-	"STABLEVERBS_RUNTIME_DIR", "XDG_RUNTIME_DIR",
-};
-#define ENV_COUNT (sizeof(env_names) / sizeof(env_names[0]))
-static char *env_values[ENV_COUNT];
+/* Every STABLEVERBS_* variable, and XDG_RUNTIME_DIR (the control socket's directory), as the
+ * constructor saw them: which names are settings is Swift's to say (Configuration.swift), so a
+ * setting can never be missing here. */
+#define ENV_MAX 64
+static char *env_names[ENV_MAX];
+static char *env_values[ENV_MAX];
+static size_t env_count;
+extern char **environ;
 static int startup_pid;
 
 typedef void *(*dlsym_fn)(void *, const char *);
@@ -28,9 +25,20 @@ static dlvsym_fn libc_dlvsym;
 __attribute__((constructor)) static void sv_startup(void)
 {
 	startup_pid = (int)getpid();
-	for (size_t i = 0; i < ENV_COUNT; i++) {
-		const char *v = getenv(env_names[i]);
-		env_values[i] = v ? strdup(v) : NULL;
+	for (char **e = environ; e && *e && env_count < ENV_MAX; e++) {
+		const char *eq = strchr(*e, '=');
+		if (!eq || (strncmp(*e, "STABLEVERBS_", 12) != 0 && strncmp(*e, "XDG_RUNTIME_DIR=", 16) != 0))
+			continue;
+		char *name = strndup(*e, (size_t)(eq - *e));
+		char *value = strdup(eq + 1);
+		if (!name || !value) {
+			free(name);
+			free(value);
+			break;
+		}
+		env_names[env_count] = name;
+		env_values[env_count] = value;
+		env_count++;
 	}
 	/* dlvsym itself is never interposed by the shim, so this lookup is safe. */
 	libc_dlvsym = (dlvsym_fn)dlvsym(RTLD_NEXT, "dlvsym", "GLIBC_2.2.5");
@@ -41,10 +49,15 @@ __attribute__((constructor)) static void sv_startup(void)
 
 const char *sv_env(const char *name)
 {
-	for (size_t i = 0; i < ENV_COUNT; i++)
+	for (size_t i = 0; i < env_count; i++)
 		if (strcmp(env_names[i], name) == 0)
 			return env_values[i];
 	return NULL;
+}
+
+const char *sv_env_name(size_t i)
+{
+	return i < env_count ? env_names[i] : NULL;
 }
 
 void *sv_real_dlsym(void *handle, const char *symbol)

@@ -6,6 +6,9 @@
 //   STABLEVERBS_PASSTHROUGH  1: every verb goes straight to the lower interface, the shim is inert
 //   STABLEVERBS_LOWER        libibverbs | softhca                   (default libibverbs)
 //   STABLEVERBS_SOFTHCA      configuration string for the software HCA double
+// and the recovery's and peer protocol's settings (`settings` below; README has them all). A
+// STABLEVERBS_* variable that is none of them is reported (a misspelt setting would otherwise be
+// ignored without a word).
 
 import Glibc
 import StableVerbsABI
@@ -66,6 +69,33 @@ struct Configuration: Sendable {
         }
         if let lower = environment("STABLEVERBS_LOWER"), !lower.isEmpty { c.lower = lower }
         c.softHCA = environment("STABLEVERBS_SOFTHCA")
+        var i = 0
+        while let n = sv_env_name(i) {
+            let name = String(cString: n)
+            if name.hasPrefix("STABLEVERBS_") && !settings.contains(name) && !toolVariables(name) {
+                c.problems.append("\(name) is not a StableVerbs setting (see README, Configuration): ignored")
+            }
+            i += 1
+        }
         return c
+    }
+
+    /// Every variable the library reads (README's configuration table).
+    static let settings: Set<String> = [
+        "STABLEVERBS_LOG", "STABLEVERBS_LOG_FILE", "STABLEVERBS_PASSTHROUGH", "STABLEVERBS_LOWER", "STABLEVERBS_SOFTHCA",
+        // recovery (Recovery/Recovery.swift, HardwareGate.swift)
+        "STABLEVERBS_MATCH", "STABLEVERBS_MATCH_WAIT_MS", "STABLEVERBS_QUIESCE_MS", "STABLEVERBS_GRACE_US",
+        "STABLEVERBS_DEVICE_WAIT_MS", "STABLEVERBS_LOSS_WAIT_MS", "STABLEVERBS_RESCAN_MS", "STABLEVERBS_CONTROL_WAIT_MS",
+        // the control socket's directory (StableVerbsControl/RuntimeDirectory.swift)
+        "STABLEVERBS_RUNTIME_DIR",
+        // the peer protocol (Peers/PeerLinks.swift)
+        "STABLEVERBS_PEER", "STABLEVERBS_PEER_PORT", "STABLEVERBS_PEER_PORTS", "STABLEVERBS_PEER_TIMEOUT_MS",
+        "STABLEVERBS_PEER_HOST", "STABLEVERBS_PEER_PLANNED_TIMEOUT_MS", "STABLEVERBS_PEER_MOVE_TIMEOUT_MS",
+    ]
+
+    /// Variables of the project's tools, not of the library (the lab, the bench, the command):
+    /// programs run by them see these, and nothing is wrong.
+    private static func toolVariables(_ name: String) -> Bool {
+        name.hasPrefix("STABLEVERBS_LAB") || ["STABLEVERBS_LIB", "STABLEVERBS_COMMAND", "STABLEVERBS_RESULTS"].contains(name)
     }
 }

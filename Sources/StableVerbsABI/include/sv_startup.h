@@ -10,12 +10,11 @@
 extern "C" {
 #endif
 
-/* The environment as the constructor saw it (getenv is safe there; values are copied). NULL when
- * unset. Names: STABLEVERBS_LOG, STABLEVERBS_LOG_FILE, STABLEVERBS_PASSTHROUGH,
- * STABLEVERBS_LOWER, STABLEVERBS_SOFTHCA, and the recovery's STABLEVERBS_MATCH,
- * STABLEVERBS_MATCH_WAIT_MS, STABLEVERBS_QUIESCE_MS, STABLEVERBS_GRACE_US, STABLEVERBS_DEVICE_WAIT_MS,
- * STABLEVERBS_RESCAN_MS, and the control socket's STABLEVERBS_RUNTIME_DIR and XDG_RUNTIME_DIR. */
+/* The environment as the constructor saw it (values copied): every STABLEVERBS_* variable and
+ * XDG_RUNTIME_DIR. NULL when unset. */
 const char *sv_env(const char *name);
+/* The i-th name kept (NULL past the last): Configuration.swift warns about unknown ones. */
+const char *sv_env_name(size_t i);
 
 /* Real dlsym/dlvsym of the C library, for the shim's own dlsym interposer. */
 void *sv_real_dlsym(void *handle, const char *symbol);
