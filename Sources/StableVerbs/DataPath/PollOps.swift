@@ -64,10 +64,8 @@ func svPollCQTranslatedRetiring(_ c: UnsafeMutablePointer<sv_cq>, _ ne: Int32, _
     var n = real.pointee.context.unsafelyUnwrapped.pointee.ops.poll_cq.unsafelyUnwrapped(real, ne, wc)
     if n <= 0 { return n }
     let ctx = c.pointee.ctx.unsafelyUnwrapped
-    if ctx.pointee.qp_index != nil {
-        let ok = sv_ring_retire(ctx, wc, n)
-        if ok != n { n = svColdPollErrors(c, n, ok, wc) }
-    }
+    let ok = sv_ring_retire(ctx, wc, n)  // n when the context has no index yet
+    if ok != n { n = svColdPollErrors(c, n, ok, wc) }
     if n > 0 { svTranslateCompletions(ctx, wc.unsafelyUnwrapped, Int(n)) }
     return n
 }

@@ -21,11 +21,7 @@ extension Runtime {
                 return 0
             }
             guard realCQPollable(rec) else { return ENOENT }
-            let r = c.pointee.real_ex!
-            let rc = r.pointee.start_poll(r, attr)
-            if rc != 0 { return rc }
-            c.pointee.session = real
-            return svCQExTook(c, r)
+            return startRealSession(c, attr)
         }
     }
 
@@ -41,13 +37,19 @@ extension Runtime {
             }
             svInstallCQExOps(c)
             guard realCQPollable(rec) else { return ENOENT }
-            let r = c.pointee.real_ex!
             var attr = ibv_poll_cq_attr()
-            let rc = r.pointee.start_poll(r, &attr)
-            if rc != 0 { return rc }
-            c.pointee.session = real
-            return svCQExTook(c, r)
+            return startRealSession(c, &attr)
         }
+    }
+
+    /// A real poll session on the CQ (control lock): its first completion retires its work, or
+    /// takes the error path, as in the fast path.
+    private func startRealSession(_ c: UnsafeMutablePointer<sv_cq>, _ attr: UnsafeMutablePointer<ibv_poll_cq_attr>?) -> Int32 {
+        let r = c.pointee.real_ex!
+        let rc = r.pointee.start_poll(r, attr)
+        if rc != 0 { return rc }
+        c.pointee.session = real
+        return svCQExTook(c, r)
     }
 
     /// ibv_end_poll of a session that served kept completions (no real session to end).
@@ -70,11 +72,11 @@ extension Runtime {
         let r = c.pointee.real_ex!
         let ctx = c.pointee.ctx!
         while true {
-            var w = currentCompletion(r)
-            if w.status == IBV_WC_SUCCESS {
-                sv_ring_retire_one(ctx, &w)
+            if r.pointee.status == IBV_WC_SUCCESS {
+                sv_ring_retire_cq_ex(ctx, r)
                 return 0
             }
+            var w = currentCompletion(r)
             if filterErrorCompletions(ctx, &w, 1, from: 0) == 1 { return 0 }  // the application's
             r.pointee.end_poll(r)
             var attr = ibv_poll_cq_attr()
