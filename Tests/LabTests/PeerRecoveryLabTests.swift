@@ -120,8 +120,10 @@ extension LabTests {
           arguments: ["ibv_rc_pingpong", "ibv_srq_pingpong"])
     func peerBothMove(program: String) async throws {
         let k = losses ?? 2
-        // ibv_srq_pingpong counts an iteration per message over its 16 QPs: it runs much faster.
-        let n = program == "ibv_srq_pingpong" ? 40_000 + 20_000 * k : 20_000
+        // Enough iterations to outlast every loss (each waits for the recoveries of the one before):
+        // one guest runs ibv_rc_pingpong at ~0.3 ms an iteration (20 000 once ended before the
+        // second of two losses); ibv_srq_pingpong counts an iteration per message over its 16 QPs.
+        let n = program == "ibv_srq_pingpong" ? 40_000 + 20_000 * k : 30_000 * (k + 1)
         let (status, lines, _) = try await Lab.run(["\(script) both \(program) \(n) \(k) delete"], timeout: Double(420 + 90 * k))
         expectSurvived(lines, status: status, iterations: n, movers: ["server": k, "client": k])
     }
