@@ -129,4 +129,26 @@ extension LabTests {
         let r = try await RecoveryLab.run(how: "delete", losses: losses, pairs: 4, timeout: Double(120 + 30 * losses))
         RecoveryLab.expectRecovered(r, how: "delete", losses: losses, pairs: 4, planned: false)
     }
+
+    /// (f) A device that never comes back: ibv_rc_pingpong's server and client (unmodified, one
+    /// guest) run through the shim with STABLEVERBS_LOSS_WAIT_MS=3000 and rxe0 is deleted for good.
+    /// Each must end as on a dead device — its work completes in error (flushed) and it exits with
+    /// its own error message — instead of waiting for the device for ever (which the previous
+    /// library did: the script's 60 s bound killed both).
+    @Test("(f) rxe0 deleted for good: the programs end in native errors after STABLEVERBS_LOSS_WAIT_MS, no hang",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
+    func deviceNeverReturns() async throws {
+        let (status, lines, _) = try await Lab.run(["sh Tests/LabTests/scripts/device-gone.sh"], timeout: 240)
+        let text = lines.map(\.text)
+        #expect(status == 0)
+        let ended = text.first { $0.hasPrefix("device-gone: ended after ") }
+        let seconds = ended.flatMap { Int($0.dropFirst("device-gone: ended after ".count).prefix { $0.isNumber }) }
+        #expect(seconds.map { $0 < 60 } == true, "the programs did not end: \(ended ?? "no line") \(text.suffix(30))")
+        for side in ["server", "client"] {
+            #expect(text.contains("\(side)-rc=1"), "\(side) did not exit with its error: \(text.suffix(30))")
+            #expect(text.contains { $0.hasPrefix("\(side): Failed status Work Request Flushed Error") }, "\(side): \(text.suffix(30))")
+            #expect(text.contains { $0.hasPrefix("\(side): stableverbs[") && $0.contains("did not come back within") }, "\(side): \(text.suffix(30))")
+        }
+        if let ended { print("(f): \(ended)") }
+    }
 }
