@@ -57,19 +57,12 @@ extension Runtime {
             defer { peers.closing.queue.removeAll() }
             return peers.closing.queue
         }
-        guard !notices.isEmpty else { return }
-        var order: [PeerProcess] = [], byProcess: [PeerProcess: [Int]] = [:]
-        for (i, n) in notices.enumerated() {
-            if byProcess[n.process] == nil { order.append(n.process) }
-            byProcess[n.process, default: []].append(i)
-        }
-        for process in order {
-            let batch = byProcess[process]!
+        for (process, batch) in groupedByProcess(notices, { $0.process }) {
             if let host = process.host {
-                let answers = PeerSocket.exchangeParts(host: host, port: process.port, requests: batch.map { notices[$0].request },
+                let answers = PeerSocket.exchangeParts(host: host, port: process.port, requests: batch.map(\.request),
                                                        timeoutMS: 500 + 10 * Int32(min(batch.count, 100)))
-                for (i, d) in zip(batch, answers) {
-                    Log.debug("peer: \(notices[i].label): `closed` answered \(d.map { "`\($0.message.verb)`" } ?? "nothing")")
+                for (n, d) in zip(batch, answers) {
+                    Log.debug("peer: \(n.label): `closed` answered \(d.map { "`\($0.message.verb)`" } ?? "nothing")")
                 }
             }
             withControlLock { CloseNotices.unsent -= batch.count }

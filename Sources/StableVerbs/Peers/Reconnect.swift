@@ -70,6 +70,18 @@ struct PeerProcess: Hashable {
     var port: UInt16
 }
 
+/// `items` grouped by the peer process each goes to, groups and items in their first order (one
+/// exchange per process).
+func groupedByProcess<T>(_ items: [T], _ process: (T) -> PeerProcess) -> [(PeerProcess, [T])] {
+    var order: [PeerProcess] = [], groups: [PeerProcess: [T]] = [:]
+    for item in items {
+        let p = process(item)
+        if groups[p] == nil { order.append(p) }
+        groups[p, default: []].append(item)
+    }
+    return order.map { ($0, groups[$0]!) }
+}
+
 extension Runtime {
     // MARK: - This end, as the peer needs it
 
@@ -442,15 +454,7 @@ extension Runtime {
 
     /// `links` grouped by the peer process that answers for them, in order.
     private func batchesByPeer(_ links: [PeerLink]) -> [(PeerProcess, [PeerLink])] {
-        var order: [PeerProcess] = [], groups: [PeerProcess: [PeerLink]] = [:]
-        withControlLock {
-            for link in links {
-                let p = PeerProcess(host: link.host, port: link.servicePort)
-                if groups[p] == nil { order.append(p) }
-                groups[p, default: []].append(link)
-            }
-        }
-        return order.map { ($0, groups[$0]!) }
+        withControlLock { groupedByProcess(links) { PeerProcess(host: $0.host, port: $0.servicePort) } }
     }
 
     /// One exchange with `process`, the peer of every link of `batch` (one `moved` per link;
@@ -596,20 +600,27 @@ extension Runtime {
         attr.qp_state = IBV_QPS_ERR
         _ = ops.modify_qp?(q.real, &attr, stateMask)
         q.ptr.pointee.qpx.qp_base.state = IBV_QPS_ERR
-        if let r = q.ptr.pointee.send_ring, let cq = q.initAttr.send_cq.map({ cqRecord($0) }) {
-            flush(r, into: cq, qpn: q.virtualQPN, firstStatus: status) { $0.pointee.wr.send.wr_id }
-        }
-        if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring, let cq = q.initAttr.recv_cq.map({ cqRecord($0) }) {
-            flush(r, into: cq, qpn: q.virtualQPN, firstStatus: IBV_WC_WR_FLUSH_ERR) { $0.pointee.wr.recv.wr_id }
-        }
+        flushOutstanding(q, firstSendStatus: status)
         for cq in q.context.cqs.values where cq.channel != nil && !cq.pending.isEmpty { cq.owedEvent = true }
         bumpRecoveryEpoch()
     }
 }
 
+/// Completes every outstanding work request of `q` in error into its CQs' pending completions: the
+/// first send with `firstSendStatus`, the rest flushed; the receives of its own queue (an SRQ's are
+/// not the QP's). Control lock.
+func flushOutstanding(_ q: QPRecord, firstSendStatus: ibv_wc_status) {
+    if let r = q.ptr.pointee.send_ring, let cq = q.initAttr.send_cq.map({ cqRecord($0) }) {
+        flush(r, into: cq, qpn: q.virtualQPN, firstStatus: firstSendStatus) { $0.pointee.wr.send.wr_id }
+    }
+    if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring, let cq = q.initAttr.recv_cq.map({ cqRecord($0) }) {
+        flush(r, into: cq, qpn: q.virtualQPN, firstStatus: IBV_WC_WR_FLUSH_ERR) { $0.pointee.wr.recv.wr_id }
+    }
+}
+
 /// Completes every outstanding entry of a ring in error into `cq`'s pending completions: the first
 /// with `firstStatus`, the rest flushed.
-func flush(_ r: UnsafeMutablePointer<sv_wr_ring>, into cq: CQRecord, qpn: UInt32, firstStatus: ibv_wc_status,
+private func flush(_ r: UnsafeMutablePointer<sv_wr_ring>, into cq: CQRecord, qpn: UInt32, firstStatus: ibv_wc_status,
                    wrID: (UnsafeMutablePointer<sv_ring_entry>) -> UInt64) {
     var status = firstStatus
     var i = sv_ring_head(r)

@@ -27,12 +27,7 @@ extension Runtime {
                 link.state = .closed
             }
             q.ptr.pointee.qpx.qp_base.state = IBV_QPS_ERR
-            if let r = q.ptr.pointee.send_ring, let cq = q.initAttr.send_cq.map({ cqRecord($0) }) {
-                flush(r, into: cq, qpn: q.virtualQPN, firstStatus: IBV_WC_WR_FLUSH_ERR) { $0.pointee.wr.send.wr_id }
-            }
-            if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring, let cq = q.initAttr.recv_cq.map({ cqRecord($0) }) {
-                flush(r, into: cq, qpn: q.virtualQPN, firstStatus: IBV_WC_WR_FLUSH_ERR) { $0.pointee.wr.recv.wr_id }
-            }
+            flushOutstanding(q, firstSendStatus: IBV_WC_WR_FLUSH_ERR)
         }
         let flushed = c.cqs.values.reduce(0) { $0 + $1.pending.count } - before
         for cq in c.cqs.values where cq.channel != nil && !cq.pending.isEmpty { cq.owedEvent = true }
