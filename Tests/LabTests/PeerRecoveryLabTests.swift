@@ -129,7 +129,8 @@ extension LabTests {
     }
 
     /// The peer vanishing: the server's program is killed (-9) while the client's device is away
-    /// (as soon as the server's shim hears the move announced). The client's shim rebuilds, cannot
+    /// (as soon as the server's shim hears the move announced; the client's device returns only once
+    /// the server's shim is gone, however slowly its guest kills it). The client's shim rebuilds, cannot
     /// reach the peer's shim, and after STABLEVERBS_PEER_TIMEOUT_MS fails the connection as native
     /// verbs would: ibv_rc_pingpong gets the error completions and exits with its error (status 1)
     /// rather than waiting for ever.
@@ -138,13 +139,14 @@ extension LabTests {
     func peerVanishes() async throws {
         let (status, lines, _) = try await Lab.run([
             "SERVER_DIES=1 WAITFOR=1800 \(script) server ibv_rc_pingpong 100000 0",
-            "WAITFOR=1800 \(script) client ibv_rc_pingpong 100000 1 delete",
+            "PEER_DIES=1 WAITFOR=1800 \(script) client ibv_rc_pingpong 100000 1 delete",
         ], guests: 2, timeout: 400)
         #expect(status == 0)
         let text = lines.map(\.text)
         let results = lines.compactMap { PeerResult($0.text) }
         let server = results.first { $0.side == "server" }, client = results.first { $0.side == "client" }
         #expect(text.contains { $0.hasSuffix("peer-recovery: the server was killed while its peer moves") }, "\(text.suffix(40))")
+        #expect(text.contains { $0.hasPrefix("peer-recovery: the peer's shim is gone") }, "\(text.suffix(40))")
         #expect(server?.rc == "137", "server: \(server.map(String.init(describing:)) ?? "no result")")
         // Ended by the errors, within its bound (WAITFOR would have killed it: rc 137).
         #expect(client?.rc == "1" && client?.recoveries == 1, "client: \(client.map(String.init(describing:)) ?? "no result")")

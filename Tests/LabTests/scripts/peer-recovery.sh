@@ -14,7 +14,8 @@
 #              a comma-separated list takes its ways in turn, one per loss (delete,nic,planned)
 # With SERVER_DIES=1 the server's program is killed (-9) as soon as its shim hears that the peer is
 # moving: the peer vanishes while the client is away, and the client must end as native verbs make
-# it (error completions once its reconnection gives up), not hang.
+# it (error completions once its reconnection gives up), not hang. The client then takes
+# PEER_DIES=1: its device returns only once the peer's shim is gone (its port refuses).
 # Prints PEER-RESULT side=… rc=… iters=… recoveries=… and the programs' output.
 set -u
 ROLE=$1 PROG=$2 N=$3 LOSSES=$4 HOW=${5:-delete}
@@ -91,11 +92,21 @@ lose() {  # sides -- pids: while the programs run, LOSSES times the device goes 
     case "$how" in
       nic) lab-device nic-replace ;;
       planned) stableverbs detach && lab-device delete && sleep 0.3 && lab-device add && stableverbs attach ;;
-      delete) lab-device delete; sleep 0.3; lab-device add ;;
+      delete) lab-device delete; sleep 0.3; [ "${PEER_DIES:-0}" = 1 ] && peer_gone; lab-device add ;;
     esac
     sleep 1
   done
   echo "peer-recovery: $k loss(es) caused"
+}
+
+peer_gone() {  # the peer guest's shim (its program) has died: its peer port refuses connections
+  # (waited for before this guest's device returns, so that the peer is gone while this side is
+  # away however slowly the peer guest's script kills it)
+  i=0
+  while bash -c "exec 3<>/dev/tcp/$STABLEVERBS_LAB_PEER/${STABLEVERBS_PEER_PORT:-18800}" 2>/dev/null && [ $i -lt 600 ]; do
+    sleep 0.2; i=$((i+1))
+  done
+  echo "peer-recovery: the peer's shim is gone ($((i / 5)) s after the loss); the device returns"
 }
 
 waitfor() {  # pids: wait at most WAITFOR tenths of a second by the clock (a count of short sleeps
