@@ -58,6 +58,11 @@
  * has 44) consumes one entry too many when end_poll follows a next_poll that returned ENOENT, as
  * the API asks, and its CQ then hands out garbage — with or without the shim.
  *
+ * -u adds UD: a UD QP UA next to the A sides sends BURST sequence-numbered, checksummed datagrams
+ * per burst through an address handle (with a GRH) to a UD QP UB next to the B sides, which keeps
+ * 2 × BURST receives posted. UB must receive every datagram once, in order, with IBV_WC_GRH,
+ * byte_len = 40 + the datagram and src_qp = UA's virtual QPN; UA must see every send complete once.
+ *
  * -t tolerates duplicates of work in flight at a loss (at least once instead of exactly once): a
  * SEND received again, a FETCH_AND_ADD executed again (the later ones then return one more) are
  * counted and reported, not errors; anything lost, corrupted or out of order still is. For
@@ -131,6 +136,7 @@ static int poll_seconds;
 static volatile sig_atomic_t want_detach, want_attach;
 static int detached, tolerate, wr_api, inline_sends, refused_lists, ext_cqs, ex_single;
 static int nmrs;            /* -M: extra memory regions on A's PD */
+static int with_ud;         /* -u */
 static struct ibv_mr **xmrs;
 static uint8_t *xbuf;
 #define XMR_SIZE 4096
@@ -343,12 +349,20 @@ static struct ibv_cq *create_cq(struct ibv_context *ctx, int cqe)
 	return cqx ? ibv_cq_ex_to_cq(cqx) : NULL;
 }
 
+static int poll_cq_some(struct ibv_cq *cq, struct ibv_wc *wc, const char *what, int ex);
+
 static int poll_some(struct ibv_cq *cq, struct ibv_wc *wc, const char *what)
+{
+	return poll_cq_some(cq, wc, what, ext_cqs);
+}
+
+/* The UD pair's CQs are legacy ones (src_qp is read from the ibv_wc). */
+static int poll_cq_some(struct ibv_cq *cq, struct ibv_wc *wc, const char *what, int ex)
 {
 	double deadline = tp_now() + poll_seconds;
 	unsigned spins = 0;
 	for (;;) {
-		int n = ext_cqs ? poll_ex(cq, POLL_BATCH, wc) : ibv_poll_cq(cq, POLL_BATCH, wc);
+		int n = ex ? poll_ex(cq, POLL_BATCH, wc) : ibv_poll_cq(cq, POLL_BATCH, wc);
 		TP_CHECK(n >= 0, "ibv_poll_cq failed (%d) waiting for %s", n, what);
 		if (n > 0) {
 			ctimes[ntimes++ % TIMES] = now_ns();
@@ -431,6 +445,100 @@ static void b_post_recv(struct pair *p, int count)
 		tp_post_recv(&p->b, p->b_slot % (2 * BURST), p->b.buf + B_RECV_OFF + (p->b_slot % (2 * BURST)) * SLOT, SLOT);
 }
 
+/* -u: the UD pair. UB's receive slots hold the 40-byte GRH area, then the datagram. */
+#define UD_GRH 40
+#define UD_QKEY 0x11111111u
+#define UD_SLOTS (2 * BURST)
+#define UD_SLOT (UD_GRH + SLOT)
+struct ud_pair {
+	struct tp_end a, b;
+	struct ibv_ah *ah;     /* UA → UB */
+	uint32_t vqpn_a, vqpn_b;
+	uint32_t next_seq, expect_seq;
+	unsigned dup_msgs;     /* -t: datagrams received twice */
+};
+static struct ud_pair ud;
+
+static void ud_post_recv(unsigned slot)
+{
+	memset(ud.b.buf + slot * UD_SLOT, 0, UD_SLOT);
+	tp_post_recv(&ud.b, slot, ud.b.buf + slot * UD_SLOT, UD_SLOT);
+}
+
+static void ud_setup(struct tp_dev *da, struct tp_dev *db)
+{
+	struct tp_qp_opts o = {.type = IBV_QPT_UD, .max_send_wr = 2 * BURST, .max_recv_wr = UD_SLOTS + 4, .cqe = 64,
+			       .buf_size = UD_SLOTS * UD_SLOT + 4096};
+	tp_end_create(&ud.a, da, &o);
+	tp_end_create(&ud.b, db, &o);
+	tp_ud_ready(&ud.a);
+	tp_ud_ready(&ud.b);
+	struct ibv_ah_attr aa;
+	tp_ah_attr(&aa, da, db, 1);
+	ud.ah = ibv_create_ah(da->pd, &aa);
+	TP_CHECK(ud.ah, "ibv_create_ah (UA → UB) failed: %s", strerror(errno));
+	ud.vqpn_a = ud.a.qp->qp_num;
+	ud.vqpn_b = ud.b.qp->qp_num;
+	for (unsigned i = 0; i < UD_SLOTS; i++)
+		ud_post_recv(i);
+}
+
+/* UA: a burst of datagrams, each signaled. */
+static void ud_send_burst(void)
+{
+	for (int j = 0; j < BURST; j++) {
+		uint32_t seq = ud.next_seq++;
+		struct msg *m = (struct msg *)(ud.a.buf + j * SLOT);
+		m->seq = seq;
+		m->len = sizeof(m->data);
+		tp_fill(m->data, sizeof(m->data), seq ^ 0xD00000u);
+		m->sum = checksum(m->data, sizeof(m->data));
+		struct ibv_sge sge = {.addr = (uintptr_t)m, .length = SLOT, .lkey = ud.a.mr->lkey};
+		struct tp_wr w = {.op = TP_SEND, .wr_id = (uint64_t)seq << 8 | 5, .sg = &sge, .num_sge = 1, .ah = ud.ah,
+				  .rqpn = ud.vqpn_b, .rqkey = UD_QKEY};
+		int rc = tp_post(&ud.a, &w, 0);
+		TP_CHECK(rc == 0, "posting UA's datagram %u failed: %s", seq, strerror(rc));
+	}
+}
+
+static int poll_cq_some(struct ibv_cq *cq, struct ibv_wc *wc, const char *what, int ex);
+
+/* UB: the burst's datagrams, in order, once each; UA: their send completions. */
+static void ud_check_burst(struct ibv_wc *wc)
+{
+	for (int left = BURST; left > 0;) {
+		int n = poll_cq_some(ud.b.rcq, wc, "UB's datagrams", 0);
+		for (int k = 0; k < n; k++, left--) {
+			unsigned slot = (unsigned)wc[k].wr_id;
+			TP_CHECK(slot < UD_SLOTS && wc[k].opcode == IBV_WC_RECV, "UB: wr_id %" PRIu64 ", opcode %d",
+				 wc[k].wr_id, wc[k].opcode);
+			check(wc[k].qp_num == ud.vqpn_b, "UB: wc.qp_num 0x%x, UB's virtual QPN is 0x%x", wc[k].qp_num, ud.vqpn_b);
+			check(wc[k].src_qp == ud.vqpn_a, "UB: wc.src_qp 0x%x, UA's virtual QPN is 0x%x", wc[k].src_qp, ud.vqpn_a);
+			check(wc[k].wc_flags & IBV_WC_GRH, "UB: no IBV_WC_GRH");
+			check(wc[k].byte_len == UD_GRH + SLOT, "UB: byte_len %u, expected %u", wc[k].byte_len, UD_GRH + SLOT);
+			struct msg *m = (struct msg *)(ud.b.buf + slot * UD_SLOT + UD_GRH);
+			int good = m->sum == checksum(m->data, sizeof(m->data)) && tp_check(m->data, sizeof(m->data), m->seq ^ 0xD00000u) < 0;
+			if (tolerate && m->seq < ud.expect_seq && ud.expect_seq - m->seq <= BURST) {
+				check(good, "UB: duplicate of datagram %u: bad payload", m->seq);
+				ud.dup_msgs++;
+				left++;
+			} else {
+				check(m->seq == ud.expect_seq, "UB: datagram %u, expected %u (lost or duplicated)", m->seq, ud.expect_seq);
+				check(good, "UB: datagram %u: bad checksum or payload", m->seq);
+				ud.expect_seq = m->seq + 1;
+			}
+			ud_post_recv(slot);
+		}
+	}
+	for (int left = BURST; left > 0;) {
+		int n = poll_cq_some(ud.a.scq, wc, "UA's datagram sends", 0);
+		for (int k = 0; k < n; k++, left--)
+			check((wc[k].wr_id & 0xff) == 5 && wc[k].opcode == IBV_WC_SEND && wc[k].qp_num == ud.vqpn_a,
+			      "UA: unexpected completion wr_id 0x%" PRIx64 " opcode %d qp_num 0x%x", wc[k].wr_id, wc[k].opcode,
+			      wc[k].qp_num);
+	}
+}
+
 enum mode { PLANNED, FATAL, RXE, RENAME, FAILREBUILD, EXTERNAL, LOSTACKS, LOSTRECVS };
 static const char *mode_names[] = {"planned", "fatal", "rxe", "rename", "failrebuild", "external", "lostacks", "lostrecvs"};
 
@@ -438,7 +546,7 @@ int main(int argc, char **argv)
 {
 	int bursts = 12, recoveries = 3, extra = 3, opt;
 	enum mode mode = PLANNED;
-	while ((opt = getopt(argc, argv, "m:n:k:q:M:x:twire")) != -1) {
+	while ((opt = getopt(argc, argv, "m:n:k:q:M:x:twireu")) != -1) {
 		switch (opt) {
 		case 'm':
 			mode = (enum mode)-1;
@@ -457,9 +565,10 @@ int main(int argc, char **argv)
 		case 'e': ext_cqs = 1; break;
 		case 'i': inline_sends = 1; break;
 		case 'r': refused_lists = 1; break;
+		case 'u': with_ud = 1; break;
 		default:
 			fprintf(stderr, "usage: recovery -m planned|fatal|rxe|rename|failrebuild|external [-n bursts] "
-					"[-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i] [-e]\n");
+					"[-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i] [-e] [-u]\n");
 			return 2;
 		}
 	}
@@ -526,13 +635,16 @@ int main(int argc, char **argv)
 			post_refused_lists(p);
 	}
 
+	if (with_ud)
+		ud_setup(&da, db);
+
 	int async_fd = da.ctx->async_fd;
 	uint32_t v, real_a0 = 0, real_a;
 	TP_CHECK(sv_qp_identity(pairs[0].a.qp, &v, &real_a0) == 0, "stableverbs_qp_identity failed");
 	char name0[64];
 	TP_CHECK(sv_real_name(da.ctx, name0, sizeof(name0)) == 0, "stableverbs_real_device_name failed");
-	printf("recovery: ready, %s%s%s%s, %d QP pair(s), %d more MR(s) on %s%s%s, pid %d\n", mode_names[mode],
-	       wr_api ? " (ibv_wr_*)" : "", inline_sends ? " (inline)" : "", ext_cqs ? " (extended CQs)" : "", npairs, nmrs, da.name, db != &da ? " and " : "", db != &da ? db->name : "",
+	printf("recovery: ready, %s%s%s%s%s, %d QP pair(s), %d more MR(s) on %s%s%s, pid %d\n", mode_names[mode],
+	       wr_api ? " (ibv_wr_*)" : "", inline_sends ? " (inline)" : "", ext_cqs ? " (extended CQs)" : "", with_ud ? " (UD)" : "", npairs, nmrs, da.name, db != &da ? " and " : "", db != &da ? db->name : "",
 	       (int)getpid());
 	if (mode == EXTERNAL) {
 		/* Where the `stableverbs` command reaches this process (include/stableverbs.h). */
@@ -591,6 +703,10 @@ int main(int argc, char **argv)
 			p->got = p->faa = p->sends = 0;
 		}
 		messages += (uint64_t)npairs * BURST;
+		if (with_ud) {
+			ud_send_burst();
+			messages += BURST;
+		}
 
 		int recover = mode != EXTERNAL && done < recoveries && it > 0 && it % at_every == 0;
 		if ((recover && mode == PLANNED) || (mode == EXTERNAL && want_detach && !detached)) {
@@ -713,6 +829,8 @@ int main(int argc, char **argv)
 				}
 			}
 		}
+		if (with_ud)
+			ud_check_burst(wc);
 		for (int i = 0; i < npairs; i++)
 			check(pairs[i].faa == BURST && pairs[i].sends == BURST, "A%d: %d atomics, %d sends completed in burst %d", i,
 			      pairs[i].faa, pairs[i].sends, it);
@@ -756,6 +874,11 @@ int main(int argc, char **argv)
 		dups_faa += p->faa_offset;
 		check(p->a.qp->qp_num == p->vqpn_a && p->b.qp->qp_num == p->vqpn_b, "pair %d: virtual QPNs changed", i);
 		check(p->a.mr->lkey == p->lkey_a && p->b.mr->rkey == p->rkey_b, "pair %d: virtual keys changed", i);
+	}
+	if (with_ud) {
+		check(ud.expect_seq == ud.next_seq, "UB received up to datagram %u of %u", ud.expect_seq, ud.next_seq);
+		check(ud.a.qp->qp_num == ud.vqpn_a && ud.b.qp->qp_num == ud.vqpn_b, "UD: virtual QPNs changed");
+		dups_msgs += ud.dup_msgs;
 	}
 	check(done == recoveries, "%d recoveries done, %d asked for", done, recoveries);
 	check(da.ctx->async_fd == async_fd, "async fd number changed");

@@ -111,6 +111,20 @@ struct RecoveryTests {
         expectRecovered(out, mode: mode, devices: 1)
     }
 
+    /// UD next to the RC pairs (`-u`): every datagram received once, in order, intact, its src_qp
+    /// the sender's virtual QPN. With two devices the sender's device is the one lost: before,
+    /// the receiving context translated src_qp with its own QPs' map and showed the sender's new
+    /// real QPN after the first recovery (32 of 48 datagrams).
+    @Test("UD datagrams through recoveries: once each, src_qp the sender's virtual QPN",
+          arguments: ["planned", "fatal", "rxe"], [Setup.ibTwoDevices, .ethTwoDevices, .ethOneDevice])
+    func udDatagrams(mode: String, setup: Setup) throws {
+        let out = try Harness.runProgram("recovery", ["-m", mode, "-u"], setup: setup, extraEnvironment: recoveryEnvironment)
+        let devices = setup.environment["SVTEST_TWO_DEVICES"] == "1" ? 2 : 1
+        #expect(out.status == 0 && !out.timedOut, "\(mode): \(out)")
+        #expect(out.line(startingWith: "recovery: ready, \(mode) (UD)") != nil, "\(out)")
+        #expect(out.line(startingWith: "recovery: \(mode), 96 messages, 3 recoveries, \(devices) devices, 0 errors") != nil, "\(out)")
+    }
+
     /// 16 QP pairs on shared CQs, per-pair sequence numbers, the bursts spread over all of them.
     @Test("16 QP pairs on shared CQs recover together", arguments: ["planned", "rxe"])
     func sixteenPairs(mode: String) throws {

@@ -64,18 +64,10 @@ func svPollCQTranslatedRetiring(_ c: UnsafeMutablePointer<sv_cq>, _ ne: Int32, _
     var n = real.pointee.context.unsafelyUnwrapped.pointee.ops.poll_cq.unsafelyUnwrapped(real, ne, wc)
     if n <= 0 { return n }
     let ctx = c.pointee.ctx.unsafelyUnwrapped
+    if svMoved(svQpnUp(ctx)) & svUDSendersMoved != 0 { svColdUDSenders(ctx, wc.unsafelyUnwrapped, Int(n)) }
     let ok = sv_ring_retire(ctx, wc, n)  // n when the context has no index yet
     if ok != n { n = svColdPollErrors(c, n, ok, wc) }
     if n > 0 { svTranslateCompletions(ctx, wc.unsafelyUnwrapped, Int(n)) }
-    return n
-}
-
-@inline(never)
-func svPollCQTranslated(_ c: UnsafeMutablePointer<sv_cq>, _ ne: Int32, _ wc: UnsafeMutablePointer<ibv_wc>?) -> Int32 {
-    let real = c.pointee.real.unsafelyUnwrapped
-    let n = real.pointee.context.unsafelyUnwrapped.pointee.ops.poll_cq.unsafelyUnwrapped(real, ne, wc)
-    if n <= 0 { return n }
-    svTranslateCompletions(c.pointee.ctx.unsafelyUnwrapped, wc.unsafelyUnwrapped, Int(n))
     return n
 }
 
@@ -84,11 +76,14 @@ func svPollCQTranslated(_ c: UnsafeMutablePointer<sv_cq>, _ ne: Int32, _ wc: Uns
 public func svTranslateCompletions(_ ctx: UnsafeMutablePointer<sv_context>, _ wc: UnsafeMutablePointer<ibv_wc>, _ count: Int) {
     let qpnUp = svQpnUp(ctx)
     let lidUp = svLidUp(ctx)
-    if svMoved(qpnUp) != 0 {
+    let moved = svMoved(qpnUp)
+    if moved != 0 {
+        // A UD receive with a GRH had its src_qp told by sender already (svColdUDSenders).
+        let bySender = moved & svUDSendersMoved != 0 ? UInt32(IBV_WC_GRH.rawValue) : 0
         for i in 0..<count {
             let e = wc + i
             e.pointee.qp_num = IdentityMap.translateMoved(qpnUp, e.pointee.qp_num)
-            e.pointee.src_qp = IdentityMap.translateMoved(qpnUp, e.pointee.src_qp)
+            if e.pointee.wc_flags & bySender == 0 { e.pointee.src_qp = IdentityMap.translateMoved(qpnUp, e.pointee.src_qp) }
         }
     }
     if svMoved(lidUp) != 0 {

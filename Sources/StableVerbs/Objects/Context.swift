@@ -72,6 +72,8 @@ final class ContextRecord {
     var peerHold = false
     var holdMarks: [UInt: UInt64] = [:]
 
+    /// Its UD QPs whose real QPN is not their virtual one, real → virtual (UDSenders.swift).
+    var senderUp: UnsafeMutablePointer<sv_idmap>?
     var qpns = VirtualNamespace(limit: 0x00FF_FFFF, reserved: [0, 1])
     var lkeys = VirtualNamespace(limit: 0xFFFF_FFFF, reserved: [])
     var rkeys = VirtualNamespace(limit: 0xFFFF_FFFF, reserved: [])
@@ -147,6 +149,8 @@ extension Runtime {
         c.pointee.core = opaque(rec)
         loadIdentities(rec, first: true)
         contexts[key(c)] = rec
+        markUDSendersMoved(rec)
+        publishUDSenders()
         prepareRecovery(rec)
         startControlSocket()
         publishLIDs()
@@ -242,6 +246,7 @@ extension Runtime {
             if rc != 0 { return rc }
         }
         contexts[key(rec.ptr)] = nil
+        publishUDSenders()
         // Peers of other contexts that pointed here forget it (identity from now on).
         detachPeers(of: rec)
         for r in rec.mrs.values { free(r.ptr) }

@@ -141,6 +141,7 @@ extension Runtime {
             return nil
         }
         ctx.qps[key(p)] = rec
+        noteUDSender(rec)
         Log.debug("create_qp type \(attr.qp_type.rawValue): qpn \(hex(vqpn)) (real \(hex(realQPN)))")
         return rec.publicQP
     }
@@ -228,6 +229,7 @@ extension Runtime {
     func forgetQP(_ rec: QPRecord) {
         let ctx = rec.context
         dropLink(rec)
+        forgetUDSender(rec)
         IdentityMap.remove(ctx.qpnUpMap, key: rec.ptr.pointee.real_qpn)
         IdentityMap.remove(ctx.qpnMap, key: rec.virtualQPN)
         ctx.qpns.release(rec.virtualQPN)

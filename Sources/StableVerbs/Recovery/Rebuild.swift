@@ -191,10 +191,12 @@ extension Runtime {
             srq.ptr.pointee.srq.handle = n.pointee.handle
         }
         var oldQP: [(UnsafeMutablePointer<ibv_qp>, UInt32)] = []
+        var oldRealQPNs: [UInt32] = []
         for qp in qps {
             let old = qp.real
             let n = newQP[key(qp.ptr)]!
             oldQP.append((old, qp.asyncEvents.settleForRebuild()))
+            oldRealQPNs.append(qp.ptr.pointee.real_qpn)
             IdentityMap.remove(ctx.qpnUpMap, key: qp.ptr.pointee.real_qpn)
             sv_qp_index_remove(ctx.ptr, qp.ptr.pointee.real_qpn)
             qp.ptr.pointee.real = n
@@ -208,8 +210,10 @@ extension Runtime {
             IdentityMap.set(ctx.qpnMap, key: qp.virtualQPN, value: qp.ptr.pointee.real_qpn)
             if qp.ptr.pointee.send_ring != nil { _ = sv_qp_index_insert(ctx.ptr, qp.ptr.pointee.real_qpn, qp.ptr) }
         }
+        for (qp, old) in zip(qps, oldRealQPNs) { noteUDSender(qp, old: old) }
         loadIdentities(ctx, first: false)
         publishLIDs()
+        publishUDSenders()
         ctx.ptr.pointee.generation &+= 1
 
         // 4. Replay.

@@ -625,6 +625,7 @@ extension Runtime {
                 if n <= 0 { break }
                 for i in 0..<Int(n) {
                     if buf[i].status != IBV_WC_SUCCESS { failed = true; continue }
+                    if svMoved(c.qpnUpMap) & svUDSendersMoved != 0 { svColdUDSenders(c.ptr, &buf[i], 1) }
                     sv_ring_retire_one(c.ptr, &buf[i])
                     var w = buf[i]
                     svTranslateCompletions(c.ptr, &w, 1)

@@ -46,6 +46,8 @@ final class Runtime {
     var devices = DeviceTable()
     var contexts: [UInt: ContextRecord] = [:]
     var nextSequence: UInt64 = 0
+    /// A UD QP of this process was rebuilt under another real QPN (Identity/UDSenders.swift).
+    var udSendersMoved = false
     /// The recovery engine's state (Recovery/Recovery.swift).
     let recovery = RecoveryState()
     /// The peer protocol (Peers/).

@@ -230,6 +230,9 @@ void sv_ring_retire_one(struct sv_context *ctx, const struct ibv_wc *wc);
 /* Whether an entry not yet done with this wr_id is on q's send or receive ring (1 also when q has
  * no rings): an error completion that matches none repeats one the shim already made. */
 int sv_ring_outstanding(const struct sv_qp *q, uint64_t wr_id);
+/* Where the GRH of a UD receive not yet retired landed: its first SGE's address, or NULL (no such
+ * receive outstanding, or a first SGE shorter than a GRH). Cold (sv_senders.c). */
+const void *sv_ring_recv_grh(struct sv_qp *q, uint64_t wr_id);
 /* The successful completion an extended real CQ is positioned on (start_poll/next_poll returned
  * 0): retires its entry (its QP from read_qp_num, which the shim always asks the CQ for). */
 void sv_ring_retire_cq_ex(struct sv_context *ctx, struct ibv_cq_ex *real);
@@ -387,6 +390,30 @@ static inline uint32_t sv_ring_is_lost(struct sv_wr_ring *r)
 {
 	return atomic_load_explicit(&r->lost, memory_order_relaxed);
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * UD senders (sv_senders.c): which real GID belongs to which map of real QPN -> virtual QPN, so a
+ * UD receive's src_qp can be told in the sender's terms (the GRH names the sender's GID). The
+ * table is immutable once published; a new one replaces it (release store) and the old ones are
+ * never freed (a poller may be reading one; they change only when a context opens, closes or is
+ * rebuilt). Maps are never freed either.
+ * ------------------------------------------------------------------------------------------- */
+struct sv_sender {
+	uint8_t gid[16];
+	struct sv_idmap *up;
+};
+struct sv_senders {
+	uint32_t count;
+	uint32_t reserved;
+	struct sv_sender entries[];
+};
+/* The map of the sender whose real GID is `gid`, or NULL. */
+struct sv_idmap *sv_senders_find(const uint8_t gid[16]);
+/* Publishes `t` (malloc'ed by the caller; never freed afterwards). */
+void sv_senders_publish(struct sv_senders *t);
+/* The sender's GID in a UD receive's 40-byte GRH area: a GRH (IPv6, InfiniBand), or RoCEv2 over
+ * IPv4 (20 bytes of zeros, then the IPv4 header: the IPv4-mapped GID of its source address). */
+void sv_grh_sgid(const void *grh, uint8_t gid[16]);
 
 /* Fills the verbs_context header of a fresh virtual context: sz, abi_compat = extended marker,
  * and the ibv_context fields copied from the real one (async_fd, num_comp_vectors, cmd_fd). */

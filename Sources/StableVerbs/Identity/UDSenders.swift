@@ -1,0 +1,109 @@
+// UD senders: a UD receive's src_qp in the sender's virtual terms.
+//
+// A UD completion's src_qp is the sender's real QPN. While nothing moved, real = virtual. Once a UD
+// QP somewhere in this process has been rebuilt under another real QPN, a receive from it would show
+// that number, and translating src_qp with the receiving context's own map (its QPs, real →
+// virtual) is wrong for every other sender: another device's QPNs are not in it, and its real QPNs
+// may equal those of any other device (rxe numbers from 0x11 on every device).
+//
+// So each context keeps a map of its UD QPs whose real QPN differs from the virtual one (senderUp,
+// real → virtual), and a process-wide table (sv_senders.c, published lock-free) names the map of
+// each real GID of each context. A receive's sender is the source GID of its GRH, in the receive
+// buffer's first 40 bytes (found through the receive's work-ring entry, before it is retired).
+// Once any UD QP of the process moved, every context's qpn_up carries `svUDSendersMoved`, which
+// sends its polls down the translated path (PollOps.swift: svColdUDSenders); nothing changes on
+// the fast path.
+//
+// Limits: senders in other processes (the peer protocol's `ud-moved`) are not in the table; their
+// src_qp shows their real QPN (README). Extended CQs' read_src_qp still use the receiving context's
+// own map.
+
+import CVerbs
+import Glibc
+import StableVerbsABI
+
+/// A flag in a context's qpn_up.moved (above any count of entries): a UD QP of this process has a
+/// real QPN other than its virtual one, so UD receives' src_qp are translated by sender.
+let svUDSendersMoved: UInt32 = 0x8000_0000
+
+extension Runtime {
+    /// The map of `ctx`'s UD QPs whose real QPN is not their virtual one (never freed: a poller
+    /// may be reading it through a table it loaded before the context closed). Control lock.
+    func senderMap(_ ctx: ContextRecord) -> UnsafeMutablePointer<sv_idmap>? {
+        if let m = ctx.senderUp { return m }
+        guard let m = allocateZeroed(sv_idmap.self) else { return nil }
+        IdentityMap.initialize(m)
+        ctx.senderUp = m
+        return m
+    }
+
+    /// A UD QP's real QPN is now `rec.ptr.pointee.real_qpn` (created, or rebuilt; `old`: the real
+    /// QPN it had). Control lock.
+    func noteUDSender(_ rec: QPRecord, old: UInt32? = nil) {
+        guard rec.type == IBV_QPT_UD, let m = senderMap(rec.context) else { return }
+        if let old { IdentityMap.remove(m, key: old) }
+        let real = rec.ptr.pointee.real_qpn
+        guard real != rec.virtualQPN else { return }
+        _ = IdentityMap.set(m, key: real, value: rec.virtualQPN)
+        if !udSendersMoved {
+            udSendersMoved = true
+            for c in contexts.values { markUDSendersMoved(c) }
+        }
+    }
+
+    /// A UD QP is gone. Control lock.
+    func forgetUDSender(_ rec: QPRecord) {
+        guard rec.type == IBV_QPT_UD, let m = rec.context.senderUp else { return }
+        IdentityMap.remove(m, key: rec.ptr.pointee.real_qpn)
+    }
+
+    /// Sets the flag on a context (one just opened, when a UD QP had already moved). Control lock.
+    func markUDSendersMoved(_ ctx: ContextRecord) {
+        guard udSendersMoved else { return }
+        let q = ctx.qpnUpMap
+        sv_idmap_set_moved(q, sv_idmap_moved(q) | svUDSendersMoved)
+    }
+
+    /// Publishes the table of every open context's real GIDs and maps (after an open, a close or a
+    /// rebuild). Control lock.
+    func publishUDSenders() {
+        var entries: [(ibv_gid, UnsafeMutablePointer<sv_idmap>)] = []
+        for c in contexts.values.sorted(by: { $0.sequence < $1.sequence }) where !c.failed {
+            guard let m = senderMap(c) else { continue }
+            for p in c.ports {
+                for pair in p.gids.values where !isZeroGID(pair.real) { entries.append((pair.real, m)) }
+            }
+        }
+        let size = MemoryLayout<sv_senders>.size + entries.count * MemoryLayout<sv_sender>.stride
+        guard let raw = calloc(1, size) else { return }
+        let t = raw.bindMemory(to: sv_senders.self, capacity: 1)
+        t.pointee.count = UInt32(entries.count)
+        let first = (raw + MemoryLayout<sv_senders>.size).bindMemory(to: sv_sender.self, capacity: entries.count)
+        for (i, (gid, m)) in entries.enumerated() {
+            withUnsafeBytes(of: gid) { g in withUnsafeMutableBytes(of: &first[i].gid) { $0.copyMemory(from: g) } }
+            first[i].up = m
+        }
+        sv_senders_publish(t)
+    }
+}
+
+/// COLD (`svCold*`): before the work rings forget the receives, the src_qp of each UD receive with
+/// a GRH becomes the sender's virtual QPN (its GID's map; an unknown sender's stays as it came).
+@inline(never)
+func svColdUDSenders(_ ctx: UnsafeMutablePointer<sv_context>, _ wc: UnsafeMutablePointer<ibv_wc>, _ count: Int) {
+    var gid = (UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0),
+               UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0))
+    for i in 0..<count {
+        let e = wc + i
+        guard e.pointee.status == IBV_WC_SUCCESS, e.pointee.opcode == IBV_WC_RECV,
+              e.pointee.wc_flags & UInt32(IBV_WC_GRH.rawValue) != 0,
+              let q = sv_qp_index_find(ctx, e.pointee.qp_num), q.pointee.qpx.qp_base.qp_type == IBV_QPT_UD,
+              let grh = sv_ring_recv_grh(q, e.pointee.wr_id) else { continue }
+        let map: UnsafeMutablePointer<sv_idmap>? = withUnsafeMutableBytes(of: &gid) { g in
+            let p = g.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            sv_grh_sgid(grh, p)
+            return sv_senders_find(p)
+        }
+        if let map { e.pointee.src_qp = IdentityMap.translateMoved(map, e.pointee.src_qp) }
+    }
+}
