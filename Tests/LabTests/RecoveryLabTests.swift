@@ -40,10 +40,10 @@ enum RecoveryLab {
 
     /// Runs lab-recovery in one guest; returns its lines and the lab's exit status.
     static func run(how: String, losses: Int, pairs: Int, tolerate: Bool = false, extendedCQs: Bool = false,
-                    timeout: Double = 400) async throws -> (status: Int32, text: [String]) {
+                    ud: Bool = false, timeout: Double = 400) async throws -> (status: Int32, text: [String]) {
         let exe = try program.get()
         let command = "lab-recovery --how \(how) --losses \(losses) --pairs \(pairs)\(tolerate ? " --tolerate" : "")"
-            + "\(extendedCQs ? " --extended-cqs" : "") --program \(exe)"
+            + "\(extendedCQs ? " --extended-cqs" : "")\(ud ? " --ud" : "") --program \(exe)"
         let (status, lines, _) = try await Lab.run([command], timeout: timeout)
         let text = lines.map(\.text)
         for l in text where l.hasPrefix("recovery: #") || l.hasPrefix("recovery: blackout") || l.hasPrefix("recovery: duplicates") {
@@ -66,7 +66,8 @@ enum RecoveryLab {
                     "\(how): recovery #\(k): \(line ?? "missing")")
         }
         #expect(!text.contains { $0.hasPrefix("recovery: #\(losses + 1) ") }, "\(how): more recoveries than losses")
-        let failures = text.filter { $0.contains("FAIL") || $0.contains("lost or duplicated") || $0.contains("executed twice or lost") }
+        let failures = text.filter { $0.contains("FAIL") || $0.contains("lost or duplicated") || $0.contains("executed twice or lost")
+            || $0.contains("UD: ") || $0.contains("UB: ") || $0.contains("UA: ") }
         #expect(failures.isEmpty, "\(how): \(failures.prefix(10))")
     }
 }
@@ -76,10 +77,12 @@ extension LabTests {
     /// (a) rxe cannot finish `rdma link delete` while the process holds rxe0: the shim notices the
     /// device left the list, settles what was in flight, releases; the deletion completes; the
     /// device is added again and the shim rebuilds, reconnects and replays.
+    /// UD datagrams go with the RC traffic (recovery.c -u), here and in (c) and (d).
     @Test("(a) rdma link delete/add rxe0 5 times: every message verified, 5 recoveries", .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
     func linkDeleteAdd() async throws {
-        let r = try await RecoveryLab.run(how: "delete", losses: 5, pairs: 1)
+        let r = try await RecoveryLab.run(how: "delete", losses: 5, pairs: 1, ud: true)
         RecoveryLab.expectRecovered(r, how: "delete", losses: 5, pairs: 1, planned: false)
+        #expect(r.text.contains { $0.hasPrefix("recovery: ready, external (UD), 1 QP pair(s)") }, "\(r.text.prefix(20))")
         #expect(r.text.filter { $0.contains("rxe0 left the device list: unplanned recovery") }.count == 5)
     }
 
@@ -106,7 +109,7 @@ extension LabTests {
     /// (SIGUSR2).
     @Test("(c) planned: stableverbs_detach, rxe0 deleted and added, stableverbs_attach, 3 times (2 QP pairs)", .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
     func plannedDetachAttach() async throws {
-        let r = try await RecoveryLab.run(how: "planned", losses: 3, pairs: 2)
+        let r = try await RecoveryLab.run(how: "planned", losses: 3, pairs: 2, ud: true)
         RecoveryLab.expectRecovered(r, how: "planned", losses: 3, pairs: 2, planned: true)
         #expect(r.text.filter { $0 == "recovery: detached" }.count == 3)
         #expect(r.text.filter { $0 == "recovery: attached" }.count == 3)
@@ -126,7 +129,7 @@ extension LabTests {
     @Test("(d) unplanned losses in a row (STABLEVERBS_LAB_LOSSES, default 8; 20 for the full run)", .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
     func manyLosses() async throws {
         let losses = ProcessInfo.processInfo.environment["STABLEVERBS_LAB_LOSSES"].flatMap { Int($0) } ?? 8
-        let r = try await RecoveryLab.run(how: "delete", losses: losses, pairs: 4, timeout: Double(120 + 30 * losses))
+        let r = try await RecoveryLab.run(how: "delete", losses: losses, pairs: 4, ud: true, timeout: Double(120 + 30 * losses))
         RecoveryLab.expectRecovered(r, how: "delete", losses: losses, pairs: 4, planned: false)
     }
 
