@@ -4,14 +4,16 @@
 
 static _Atomic(struct sv_senders *) current;
 
-struct sv_idmap *sv_senders_find(const uint8_t gid[16])
+struct sv_idmap *sv_senders_next(const uint8_t gid[16], uint32_t *cursor)
 {
 	const struct sv_senders *t = atomic_load_explicit(&current, memory_order_acquire);
 	if (!t)
 		return NULL;
-	for (uint32_t i = 0; i < t->count; i++)
-		if (!memcmp(t->entries[i].gid, gid, 16))
+	for (uint32_t i = *cursor; i < t->count; i++)
+		if (!memcmp(t->entries[i].gid, gid, 16)) {
+			*cursor = i + 1;
 			return t->entries[i].up;
+		}
 	return NULL;
 }
 

@@ -125,6 +125,20 @@ struct RecoveryTests {
         #expect(out.line(startingWith: "recovery: \(mode), 96 messages, 3 recoveries, \(devices) devices, 0 errors") != nil, "\(out)")
     }
 
+    /// A UD sender in another process that moved: the peer protocol's `ud-moved` claim tells this
+    /// process's shim the sender's new real QPN, and a receive from it shows the virtual one
+    /// (udclaim.c plays both processes: it sends the claim to its own shim over loopback). With the
+    /// previous library the claim changed nothing (src_qp stayed the real QPN).
+    @Test("a UD peer's ud-moved claim: a receive from it shows its virtual QPN", arguments: Setup.all)
+    func udClaim(setup: Setup) throws {
+        let port = 19_000 + (Setup.all.firstIndex { $0.name == setup.name } ?? 0)
+        let env = ["STABLEVERBS_PEER_HOST": "127.0.0.1", "STABLEVERBS_PEER_PORT": "\(port)", "STABLEVERBS_PEER_PORTS": "1"]
+        let out = try Harness.runProgram("udclaim", [], setup: setup, extraEnvironment: env)
+        #expect(out.status == 0 && !out.timedOut, "\(out)")
+        #expect(out.line(startingWith: "udclaim: 0 errors") != nil, "\(out)")
+        #expect(out.line(startingWith: "udclaim: a claim naming no GID: denied") != nil, "\(out)")
+    }
+
     /// 16 QP pairs on shared CQs, per-pair sequence numbers, the bursts spread over all of them.
     @Test("16 QP pairs on shared CQs recover together", arguments: ["planned", "rxe"])
     func sixteenPairs(mode: String) throws {

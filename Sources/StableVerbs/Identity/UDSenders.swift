@@ -14,9 +14,10 @@
 // sends its polls down the translated path (PollOps.swift: svColdUDSenders); nothing changes on
 // the fast path.
 //
-// Limits: senders in other processes (the peer protocol's `ud-moved`) are not in the table; their
-// src_qp shows their real QPN (README). Extended CQs' read_src_qp still use the receiving context's
-// own map.
+// Senders in other processes are in the table too, under the GIDs their `ud-moved` claims named
+// (Peers/UDPeers.swift): a GID may then have two maps (a process on this host shares its GID with
+// ours), tried in turn. A sender whose real GID changed with its move is not found (its src_qp
+// stays as it came). Extended CQs' read_src_qp still use the receiving context's own map.
 
 import CVerbs
 import Glibc
@@ -51,6 +52,34 @@ extension Runtime {
         }
     }
 
+    /// A `ud-moved` claim for `gid` (hex): its UD QPs (virtual, real). Control lock.
+    func noteRemoteUDSenders(gid: String, _ qpns: [(UInt32, UInt32)]) {
+        let m: UnsafeMutablePointer<sv_idmap>
+        if let e = peers.udSenderMaps[gid] {
+            m = e
+        } else {
+            guard let e = allocateZeroed(sv_idmap.self) else { return }
+            IdentityMap.initialize(e)
+            peers.udSenderMaps[gid] = e
+            m = e
+        }
+        var moved = false
+        for (v, r) in qpns {
+            let k = UDHold(gid: gid, qpn: v)
+            if let old = peers.udSenderReal[k] { IdentityMap.remove(m, key: old) }
+            peers.udSenderReal[k] = r != v ? r : nil
+            if r != v {
+                _ = IdentityMap.set(m, key: r, value: v)
+                moved = true
+            }
+        }
+        if moved && !udSendersMoved {
+            udSendersMoved = true
+            for c in contexts.values { markUDSendersMoved(c) }
+        }
+        publishUDSenders()
+    }
+
     /// A UD QP is gone. Control lock.
     func forgetUDSender(_ rec: QPRecord) {
         guard rec.type == IBV_QPT_UD, let m = rec.context.senderUp else { return }
@@ -73,6 +102,9 @@ extension Runtime {
             for p in c.ports {
                 for pair in p.gids.values where !isZeroGID(pair.real) { entries.append((pair.real, m)) }
             }
+        }
+        for (k, m) in peers.udSenderMaps.sorted(by: { $0.key < $1.key }) {
+            if let g = gidFromHex(k) { entries.append((g, m)) }
         }
         let size = MemoryLayout<sv_senders>.size + entries.count * MemoryLayout<sv_sender>.stride
         guard let raw = calloc(1, size) else { return }
@@ -99,11 +131,18 @@ func svColdUDSenders(_ ctx: UnsafeMutablePointer<sv_context>, _ wc: UnsafeMutabl
               e.pointee.wc_flags & UInt32(IBV_WC_GRH.rawValue) != 0,
               let q = sv_qp_index_find(ctx, e.pointee.qp_num), q.pointee.qpx.qp_base.qp_type == IBV_QPT_UD,
               let grh = sv_ring_recv_grh(q, e.pointee.wr_id) else { continue }
-        let map: UnsafeMutablePointer<sv_idmap>? = withUnsafeMutableBytes(of: &gid) { g in
+        let src = e.pointee.src_qp
+        e.pointee.src_qp = withUnsafeMutableBytes(of: &gid) { g in
             let p = g.baseAddress!.assumingMemoryBound(to: UInt8.self)
             sv_grh_sgid(grh, p)
-            return sv_senders_find(p)
+            // The GID's maps in turn (this process's context, then a peer process on its host):
+            // only moved QPs are in them, so a hit is the answer.
+            var cursor: UInt32 = 0
+            while let map = sv_senders_next(p, &cursor) {
+                let v = IdentityMap.translateMoved(map, src)
+                if v != src { return v }
+            }
+            return src
         }
-        if let map { e.pointee.src_qp = IdentityMap.translateMoved(map, e.pointee.src_qp) }
     }
 }

@@ -98,6 +98,11 @@ final class PeerRegistry {
     /// The other side: the peer-service ports, by host, whose shims hold their UD sends to this
     /// process while it moves (set by `ud-pausing`, told and cleared by `ud-moved`).
     var udHolding: [PeerHost: [UInt16]] = [:]
+    /// UD senders in other processes that moved (`ud-moved`), by GID: their real QPN → virtual
+    /// QPN, for the src_qp of receives from them (Identity/UDSenders.swift); never freed. And the
+    /// real QPN each of them was last said to have, by (GID, virtual QPN).
+    var udSenderMaps: [String: UnsafeMutablePointer<sv_idmap>] = [:]
+    var udSenderReal: [UDHold: UInt32] = [:]
     /// `closed` notices for the peers of connections the application ended (LinkClosing.swift).
     var closing = CloseNotices()
     var serviceStarted = false

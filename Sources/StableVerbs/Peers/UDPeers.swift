@@ -14,6 +14,10 @@
 // A claim is accepted only from the host the GID names (the request's source address must be that
 // GID's address): UD has no connection whose introduction could have agreed a key.
 //
+// The same claim tells the receiving side who a UD receive's sender is: its src_qp (the sender's
+// new real QPN) is shown as the virtual one (Identity/UDSenders.swift), for every process on the
+// host told, whether or not it has an address handle to the mover.
+//
 // Limits: the moving shim only tells hosts it has address handles to (a UD server that only
 // answers the source of each request, without an address handle of its own, is not told); a
 // device gone before its shim could announce the move (a NIC pulled: no port left to speak
@@ -238,6 +242,7 @@ extension Runtime {
             return PeerMessage("denied")
         }
         return withControlLock {
+            for g in allowed { noteRemoteUDSenders(gid: gidHex(g), qpns) }
             for g in allowed {
                 let k = gidHex(g)
                 for (v, _) in qpns { peers.udHolds[UDHold(gid: k, qpn: v)] = nil }

@@ -407,8 +407,9 @@ struct sv_senders {
 	uint32_t reserved;
 	struct sv_sender entries[];
 };
-/* The map of the sender whose real GID is `gid`, or NULL. */
-struct sv_idmap *sv_senders_find(const uint8_t gid[16]);
+/* The next map of the senders whose real GID is `gid` from entry *cursor on (start at 0; the
+ * cursor moves past it), or NULL. */
+struct sv_idmap *sv_senders_next(const uint8_t gid[16], uint32_t *cursor);
 /* Publishes `t` (malloc'ed by the caller; never freed afterwards). */
 void sv_senders_publish(struct sv_senders *t);
 /* The sender's GID in a UD receive's 40-byte GRH area: a GRH (IPv6, InfiniBand), or RoCEv2 over

@@ -1,0 +1,130 @@
+/*
+ * udclaim: a UD receive from a sender in another process that moved shows the sender's virtual
+ * QPN. The peer protocol's `ud-moved` claim ("my UD QP V is now at real QPN R", from the shim on
+ * the sender's host) is what tells the receiving shim. Two processes on the software HCA cannot
+ * exchange datagrams, so this program plays both: UA (device A) sends to UB (device B, or A), and
+ * the program itself sends the claim a moved peer's shim would send, to its own shim's peer
+ * service over loopback (run with STABLEVERBS_PEER_HOST=127.0.0.1, which makes the loopback speak
+ * for every GID, and STABLEVERBS_PEER_PORT=P, STABLEVERBS_PEER_PORTS=1: the service's port).
+ *
+ *   1. before any claim: src_qp = UA's QPN (real = virtual);
+ *   2. claim "V:R" for A's GID, R = UA's real QPN, V another number: src_qp = V;
+ *   3. claim "V:V" (that QP is back at its own number): src_qp = R again, as it came;
+ *   4. a claim that names no GID: refused ("denied"), nothing changes.
+ *
+ *   udclaim
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include "common.h"
+#include <dlfcn.h>
+#include "stableverbs.h"
+
+#define GRH 40
+#define QKEY 0x11111111u
+#define SLOT 256
+
+static int errors;
+
+/* Sends one peer-protocol request to this process's own service; returns the reply's verb. */
+static void claim(const char *gids, const char *qpns, char *verb, size_t verb_len)
+{
+	int port = tp_env_int("STABLEVERBS_PEER_PORT", 0);
+	TP_CHECK(port > 0, "STABLEVERBS_PEER_PORT is not set");
+	char req[512];
+	int n = snprintf(req, sizeof(req), "stableverbs-peer 1 ud-moved\ngids=%s\nqpns=%s\n", gids, qpns);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	TP_CHECK(fd >= 0, "socket: %s", strerror(errno));
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	double deadline = tp_now() + 10;
+	while (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		TP_CHECK(tp_now() < deadline, "connect to the peer service on port %d: %s", port, strerror(errno));
+		usleep(20000);
+	}
+	TP_CHECK(write(fd, req, (size_t)n) == n, "write: %s", strerror(errno));
+	shutdown(fd, SHUT_WR);
+	char rep[512];
+	size_t got = 0;
+	ssize_t r;
+	while (got < sizeof(rep) - 1 && (r = read(fd, rep + got, sizeof(rep) - 1 - got)) > 0)
+		got += (size_t)r;
+	rep[got] = 0;
+	close(fd);
+	/* "stableverbs-peer 1 VERB\n..." */
+	const char *magic = "stableverbs-peer 1 ";
+	TP_CHECK(!strncmp(rep, magic, strlen(magic)), "the peer service answered \"%s\"", rep);
+	size_t k = 0;
+	for (const char *p = rep + strlen(magic); *p && *p != '\n' && k + 1 < verb_len; p++)
+		verb[k++] = *p;
+	verb[k] = 0;
+}
+
+static void exchange(struct tp_end *a, struct tp_end *b, struct ibv_ah *ah, uint32_t want, const char *what)
+{
+	static uint32_t seq;
+	uint32_t s = ++seq;
+	memset(b->buf, 0, SLOT);
+	tp_post_recv(b, s, b->buf, SLOT);
+	uint8_t *src = a->buf + SLOT;
+	tp_fill(src, 64, s);
+	struct ibv_sge sg = {.addr = (uintptr_t)src, .length = 64, .lkey = a->mr->lkey};
+	struct tp_wr w = {.op = TP_SEND, .wr_id = s, .sg = &sg, .num_sge = 1, .ah = ah, .rqpn = b->qp->qp_num, .rqkey = QKEY};
+	int rc = tp_post(a, &w, 0);
+	TP_CHECK(rc == 0, "%s: post failed: %s", what, strerror(rc));
+	struct ibv_wc wc;
+	tp_expect(a->scq, &wc, IBV_WC_SEND, s, what);
+	tp_expect(b->rcq, &wc, IBV_WC_RECV, s, what);
+	TP_CHECK(wc.wc_flags & IBV_WC_GRH, "%s: no IBV_WC_GRH", what);
+	errors += tp_verify(b->buf + GRH, 64, s, what);
+	if (wc.src_qp != want) {
+		printf("udclaim: %s: src_qp 0x%x, expected 0x%x\n", what, wc.src_qp, want);
+		errors++;
+	} else {
+		printf("udclaim: %s: src_qp 0x%x\n", what, wc.src_qp);
+	}
+}
+
+int main(void)
+{
+	tp_start("udclaim", 60);
+	__typeof__(&stableverbs_qp_identity) identity = dlsym(RTLD_DEFAULT, "stableverbs_qp_identity");
+	TP_CHECK(identity, "stableverbs_qp_identity not found: is libstableverbs.so preloaded?");
+	struct tp_dev da, dbs, *db;
+	tp_open(&da, &dbs, &db);
+	struct tp_qp_opts o = {.type = IBV_QPT_UD, .max_sge = 1, .buf_size = 4 * SLOT};
+	struct tp_end a, b;
+	tp_end_create(&a, &da, &o);
+	tp_end_create(&b, db, &o);
+	tp_ud_ready(&a);
+	tp_ud_ready(&b);
+	struct ibv_ah_attr aa;
+	tp_ah_attr(&aa, &da, db, 1);
+	struct ibv_ah *ah = ibv_create_ah(da.pd, &aa);
+	TP_CHECK(ah, "ibv_create_ah failed: %s", strerror(errno));
+	uint32_t v, real;
+	TP_CHECK(identity(a.qp, &v, &real) == 0 && v == a.qp->qp_num, "stableverbs_qp_identity failed");
+	char gid[33], pair[32], verb[32];
+	for (int i = 0; i < 16; i++)
+		snprintf(gid + 2 * i, 3, "%02x", da.gid.raw[i]);
+	uint32_t other = real ^ 0x5a5a00u;
+
+	exchange(&a, &b, ah, v, "before any claim");
+	snprintf(pair, sizeof(pair), "%u:%u", other, real);
+	claim(gid, pair, verb, sizeof(verb));
+	TP_CHECK(!strcmp(verb, "noted"), "the claim %s for %s was answered %s", pair, gid, verb);
+	exchange(&a, &b, ah, other, "after a claim that a peer's QP is at UA's real QPN");
+	snprintf(pair, sizeof(pair), "%u:%u", other, other);
+	claim(gid, pair, verb, sizeof(verb));
+	TP_CHECK(!strcmp(verb, "noted"), "the claim %s for %s was answered %s", pair, gid, verb);
+	exchange(&a, &b, ah, real, "after a claim that it is back at its own number");
+	snprintf(pair, sizeof(pair), "%u:%u", other, real);
+	claim("", pair, verb, sizeof(verb));
+	printf("udclaim: a claim naming no GID: %s\n", verb);
+	if (!strcmp(verb, "noted"))
+		errors++;
+	exchange(&a, &b, ah, real, "after a claim naming no GID");
+	printf("udclaim: %d errors\n", errors);
+	return errors ? 1 : 0;
+}
