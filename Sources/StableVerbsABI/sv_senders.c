@@ -17,9 +17,9 @@ struct sv_idmap *sv_senders_next(const uint8_t gid[16], uint32_t *cursor)
 	return NULL;
 }
 
-void sv_senders_publish(struct sv_senders *t)
+struct sv_senders *sv_senders_publish(struct sv_senders *t)
 {
-	atomic_store_explicit(&current, t, memory_order_release);
+	return atomic_exchange_explicit(&current, t, memory_order_acq_rel);
 }
 
 void sv_grh_sgid(const void *grh, uint8_t gid[16])

@@ -8,7 +8,8 @@
 //
 // So each context keeps a map of its UD QPs whose real QPN differs from the virtual one (senderUp,
 // real → virtual), and a process-wide table (sv_senders.c, published lock-free) names the map of
-// each real GID of each context. A receive's sender is the source GID of its GRH, in the receive
+// each real GID of each context; a replaced table, and the map of a closed context, are freed 5 s
+// later (UDSenderGarbage). A receive's sender is the source GID of its GRH, in the receive
 // buffer's first 40 bytes (found through the receive's work-ring entry, before it is retired).
 // Once any UD QP of the process moved, every context's qpn_up carries `svUDSendersMoved`, which
 // sends its polls down the translated path (PollOps.swift: svColdUDSenders); nothing changes on
@@ -27,10 +28,32 @@ import StableVerbsABI
 /// real QPN other than its virtual one, so UD receives' src_qp are translated by sender.
 let svUDSendersMoved: UInt32 = 0x8000_0000
 
+/// Tables and maps the senders' table no longer names, freed once no poller can still be in
+/// them (a lookup takes well under a microsecond; they wait `UDSenderGarbage.grace`). Control lock.
+struct UDSenderGarbage {
+    static let grace: UInt64 = 5_000_000_000
+    var tables: [(UnsafeMutableRawPointer, UInt64)] = []
+    var maps: [(UnsafeMutablePointer<sv_idmap>, UInt64)] = []
+
+    mutating func collect(now: UInt64) {
+        tables.removeAll { t, at in
+            guard now &- at >= UDSenderGarbage.grace else { return false }
+            free(t)
+            return true
+        }
+        maps.removeAll { m, at in
+            guard now &- at >= UDSenderGarbage.grace else { return false }
+            IdentityMap.destroy(m)
+            free(m)
+            return true
+        }
+    }
+}
+
 extension Runtime {
-    /// The map of `ctx`'s UD QPs whose real QPN is not their virtual one (never freed: a poller
-    /// may be reading it through a table it loaded before the context closed). Control lock.
-    func senderMap(_ ctx: ContextRecord) -> UnsafeMutablePointer<sv_idmap>? {
+    /// The map of `ctx`'s UD QPs whose real QPN is not their virtual one (created on first use).
+    /// Control lock.
+    private func senderMap(_ ctx: ContextRecord) -> UnsafeMutablePointer<sv_idmap>? {
         if let m = ctx.senderUp { return m }
         guard let m = allocateZeroed(sv_idmap.self) else { return nil }
         IdentityMap.initialize(m)
@@ -41,15 +64,12 @@ extension Runtime {
     /// A UD QP's real QPN is now `rec.ptr.pointee.real_qpn` (created, or rebuilt; `old`: the real
     /// QPN it had). Control lock.
     func noteUDSender(_ rec: QPRecord, old: UInt32? = nil) {
-        guard rec.type == IBV_QPT_UD, let m = senderMap(rec.context) else { return }
-        if let old { IdentityMap.remove(m, key: old) }
+        guard rec.type == IBV_QPT_UD else { return }
+        if let old, let m = rec.context.senderUp { IdentityMap.remove(m, key: old) }
         let real = rec.ptr.pointee.real_qpn
-        guard real != rec.virtualQPN else { return }
+        guard real != rec.virtualQPN, let m = senderMap(rec.context) else { return }
         _ = IdentityMap.set(m, key: real, value: rec.virtualQPN)
-        if !udSendersMoved {
-            udSendersMoved = true
-            for c in contexts.values { markUDSendersMoved(c) }
-        }
+        noteUDSendersMoved()
     }
 
     /// A `ud-moved` claim for `gid` (hex): its UD QPs (virtual, real). Control lock.
@@ -73,11 +93,17 @@ extension Runtime {
                 moved = true
             }
         }
-        if moved && !udSendersMoved {
-            udSendersMoved = true
-            for c in contexts.values { markUDSendersMoved(c) }
-        }
+        if moved { noteUDSendersMoved() }
         publishUDSenders()
+    }
+
+    /// The first UD sender of the process that moved: the table is published, then every context
+    /// polls through it. Control lock.
+    private func noteUDSendersMoved() {
+        guard !udSendersMoved else { return }
+        udSendersMoved = true
+        publishUDSenders()
+        for c in contexts.values { markUDSendersMoved(c) }
     }
 
     /// A UD QP is gone. Control lock.
@@ -93,12 +119,22 @@ extension Runtime {
         sv_idmap_set_moved(q, sv_idmap_moved(q) | svUDSendersMoved)
     }
 
-    /// Publishes the table of every open context's real GIDs and maps (after an open, a close or a
-    /// rebuild). Control lock.
+    /// A context closes: the table no longer names it; its map goes once no poller can be in it.
+    /// Control lock (the context is out of `contexts`).
+    func forgetUDSenders(of ctx: ContextRecord) {
+        guard let m = ctx.senderUp else { return }
+        ctx.senderUp = nil
+        publishUDSenders()
+        udSenderGarbage.maps.append((m, monotonicNS()))
+    }
+
+    /// Publishes the table of the open contexts' real GIDs and maps and of the UD peers told (after
+    /// an open, a close, a rebuild or a claim; nothing while no UD sender moved). Control lock.
     func publishUDSenders() {
+        guard udSendersMoved else { return }
         var entries: [(ibv_gid, UnsafeMutablePointer<sv_idmap>)] = []
         for c in contexts.values.sorted(by: { $0.sequence < $1.sequence }) where !c.failed {
-            guard let m = senderMap(c) else { continue }
+            guard let m = c.senderUp else { continue }
             for p in c.ports {
                 for pair in p.gids.values where !isZeroGID(pair.real) { entries.append((pair.real, m)) }
             }
@@ -115,7 +151,9 @@ extension Runtime {
             withUnsafeBytes(of: gid) { g in withUnsafeMutableBytes(of: &first[i].gid) { $0.copyMemory(from: g) } }
             first[i].up = m
         }
-        sv_senders_publish(t)
+        let now = monotonicNS()
+        if let old = sv_senders_publish(t) { udSenderGarbage.tables.append((UnsafeMutableRawPointer(old), now)) }
+        udSenderGarbage.collect(now: now)
     }
 }
 

@@ -246,7 +246,7 @@ extension Runtime {
             if rc != 0 { return rc }
         }
         contexts[key(rec.ptr)] = nil
-        publishUDSenders()
+        forgetUDSenders(of: rec)
         // Peers of other contexts that pointed here forget it (identity from now on).
         detachPeers(of: rec)
         for r in rec.mrs.values { free(r.ptr) }

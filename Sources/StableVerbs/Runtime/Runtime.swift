@@ -48,6 +48,7 @@ final class Runtime {
     var nextSequence: UInt64 = 0
     /// A UD QP of this process was rebuilt under another real QPN (Identity/UDSenders.swift).
     var udSendersMoved = false
+    var udSenderGarbage = UDSenderGarbage()
     /// The recovery engine's state (Recovery/Recovery.swift).
     let recovery = RecoveryState()
     /// The peer protocol (Peers/).

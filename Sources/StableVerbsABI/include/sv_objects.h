@@ -394,9 +394,8 @@ static inline uint32_t sv_ring_is_lost(struct sv_wr_ring *r)
 /* ---------------------------------------------------------------------------------------------
  * UD senders (sv_senders.c): which real GID belongs to which map of real QPN -> virtual QPN, so a
  * UD receive's src_qp can be told in the sender's terms (the GRH names the sender's GID). The
- * table is immutable once published; a new one replaces it (release store) and the old ones are
- * never freed (a poller may be reading one; they change only when a context opens, closes or is
- * rebuilt). Maps are never freed either.
+ * table is immutable once published; a new one replaces it (exchange with release) and the old
+ * one is freed by the caller once no poller can still be in it (a poller may be reading it).
  * ------------------------------------------------------------------------------------------- */
 struct sv_sender {
 	uint8_t gid[16];
@@ -410,8 +409,9 @@ struct sv_senders {
 /* The next map of the senders whose real GID is `gid` from entry *cursor on (start at 0; the
  * cursor moves past it), or NULL. */
 struct sv_idmap *sv_senders_next(const uint8_t gid[16], uint32_t *cursor);
-/* Publishes `t` (malloc'ed by the caller; never freed afterwards). */
-void sv_senders_publish(struct sv_senders *t);
+/* Publishes `t` (malloc'ed); returns the table it replaces (the caller frees it once no poller
+ * can still be reading it). */
+struct sv_senders *sv_senders_publish(struct sv_senders *t);
 /* The sender's GID in a UD receive's 40-byte GRH area: a GRH (IPv6, InfiniBand), or RoCEv2 over
  * IPv4 (20 bytes of zeros, then the IPv4 header: the IPv4-mapped GID of its source address). */
 void sv_grh_sgid(const void *grh, uint8_t gid[16]);
