@@ -61,7 +61,9 @@
  * -u adds UD: a UD QP UA next to the A sides sends BURST sequence-numbered, checksummed datagrams
  * per burst through an address handle (with a GRH) to a UD QP UB next to the B sides, which keeps
  * 2 × BURST receives posted. UB must receive every datagram once, in order, with IBV_WC_GRH,
- * byte_len = 40 + the datagram and src_qp = UA's virtual QPN; UA must see every send complete once.
+ * byte_len = 40 + the datagram and src_qp = UA's virtual QPN; ibv_init_ah_from_wc on its GRH must
+ * work and address UA's virtual GID (and ibv_create_ah_from_wc once a burst, for a reply's address
+ * handle); UA must see every send complete once.
  *
  * -t tolerates duplicates of work in flight at a loss (at least once instead of exactly once): a
  * SEND received again, a FETCH_AND_ADD executed again (the later ones then return one more) are
@@ -526,6 +528,19 @@ static void ud_check_burst(struct ibv_wc *wc)
 				check(m->seq == ud.expect_seq, "UB: datagram %u, expected %u (lost or duplicated)", m->seq, ud.expect_seq);
 				check(good, "UB: datagram %u: bad checksum or payload", m->seq);
 				ud.expect_seq = m->seq + 1;
+			}
+			/* The reply's address from the GRH: the sender's GID, found again among UB's port's. */
+			struct ibv_ah_attr at;
+			int rc = ibv_init_ah_from_wc(ud.b.dev->ctx, ud.b.dev->port, &wc[k], (struct ibv_grh *)(ud.b.buf + slot * UD_SLOT), &at);
+			check(rc == 0, "UB: ibv_init_ah_from_wc: %s", strerror(errno));
+			check(rc != 0 || (at.is_global && !memcmp(&at.grh.dgid, &ud.a.dev->gid, 16)),
+			      "UB: ibv_init_ah_from_wc addresses another GID than UA's (%s)", at.is_global ? "global" : "not global");
+			if (k == 0) {
+				struct ibv_ah *back = ibv_create_ah_from_wc(ud.b.dev->pd, &wc[k], (struct ibv_grh *)(ud.b.buf + slot * UD_SLOT),
+									    ud.b.dev->port);
+				check(back != NULL, "UB: ibv_create_ah_from_wc: %s", strerror(errno));
+				if (back)
+					ibv_destroy_ah(back);
 			}
 			ud_post_recv(slot);
 		}

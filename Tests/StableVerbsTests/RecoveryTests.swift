@@ -125,6 +125,20 @@ struct RecoveryTests {
         #expect(out.line(startingWith: "recovery: \(mode), 96 messages, 3 recoveries, \(devices) devices, 0 errors") != nil, "\(out)")
     }
 
+    /// UD through a device that returns under another name with new GUID, LIDs and GIDs
+    /// (STABLEVERBS_MATCH=any): src_qp, and the GRH's GIDs rewritten to the virtual ones, so that
+    /// ibv_init_ah_from_wc / ibv_create_ah_from_wc on each datagram still work and address the
+    /// sender's virtual GID.
+    @Test("UD through a device that returns with new GIDs: the GRH shows the virtual GIDs",
+          arguments: [Setup.ibOneDevice, .ethOneDevice])
+    func udRenamed(setup: Setup) throws {
+        var env = recoveryEnvironment
+        env["STABLEVERBS_MATCH"] = "any"
+        let out = try Harness.runProgram("recovery", ["-m", "rename", "-u"], setup: setup, extraEnvironment: env)
+        #expect(out.status == 0 && !out.timedOut, "\(out)")
+        #expect(out.line(startingWith: "recovery: rename, 96 messages, 3 recoveries, 1 devices, 0 errors") != nil, "\(out)")
+    }
+
     /// A UD sender in another process that moved: the peer protocol's `ud-moved` claim tells this
     /// process's shim the sender's new real QPN, and a receive from it shows the virtual one
     /// (udclaim.c plays both processes: it sends the claim to its own shim over loopback). With the

@@ -1,4 +1,4 @@
-// UD senders: a UD receive's src_qp in the sender's virtual terms.
+// UD senders: a UD receive's src_qp and GRH in the application's (virtual) terms.
 //
 // A UD completion's src_qp is the sender's real QPN. While nothing moved, real = virtual. Once a UD
 // QP somewhere in this process has been rebuilt under another real QPN, a receive from it would show
@@ -14,6 +14,12 @@
 // Once any UD QP of the process moved, every context's qpn_up carries `svUDSendersMoved`, which
 // sends its polls down the translated path (PollOps.swift: svColdUDSenders); nothing changes on
 // the fast path.
+//
+// The GRH itself holds real GIDs: where a context's real GIDs are no longer its virtual ones (its
+// device came back with another port GUID or address), the table carries its GIDs too, and the
+// GRH's source and destination are rewritten to the virtual ones (sv_grh_set_gids; over IPv4 the
+// header's addresses and checksum), so ibv_create_ah_from_wc finds the destination GID among the
+// port's and replies to the GID the application knows.
 //
 // Senders in other processes are in the table too, under the GIDs their `ud-moved` claims named
 // (Peers/UDPeers.swift): a GID may then have two maps (a process on this host shares its GID with
@@ -97,8 +103,16 @@ extension Runtime {
         publishUDSenders()
     }
 
-    /// The first UD sender of the process that moved: the table is published, then every context
-    /// polls through it. Control lock.
+    /// A rebuilt context's real GIDs are not all its virtual ones any more: when the process has UD
+    /// QPs, their receives' GRHs are rewritten from now on. Control lock.
+    func noteGIDsMoved(_ ctx: ContextRecord) {
+        let changed = ctx.ports.contains { $0.gids.values.contains { !sameGID($0.real, $0.virtual) } }
+        guard changed, contexts.values.contains(where: { $0.qps.values.contains { $0.type == IBV_QPT_UD } }) else { return }
+        noteUDSendersMoved()
+    }
+
+    /// The first UD identity of the process that moved (a UD QP's real QPN, a GID): the table is
+    /// published, then every context polls through it. Control lock.
     private func noteUDSendersMoved() {
         guard !udSendersMoved else { return }
         udSendersMoved = true
@@ -128,28 +142,31 @@ extension Runtime {
         udSenderGarbage.maps.append((m, monotonicNS()))
     }
 
-    /// Publishes the table of the open contexts' real GIDs and maps and of the UD peers told (after
-    /// an open, a close, a rebuild or a claim; nothing while no UD sender moved). Control lock.
+    /// Publishes the table of the open contexts' real GIDs (their virtual GIDs and maps) and of the
+    /// UD peers told (after an open, a close, a rebuild or a claim; nothing while no UD identity
+    /// moved). A context's GID that did not change and has no map is left out. Control lock.
     func publishUDSenders() {
         guard udSendersMoved else { return }
-        var entries: [(ibv_gid, UnsafeMutablePointer<sv_idmap>)] = []
+        var entries: [(real: ibv_gid, virtual: ibv_gid, map: UnsafeMutablePointer<sv_idmap>?)] = []
         for c in contexts.values.sorted(by: { $0.sequence < $1.sequence }) where !c.failed {
-            guard let m = c.senderUp else { continue }
             for p in c.ports {
-                for pair in p.gids.values where !isZeroGID(pair.real) { entries.append((pair.real, m)) }
+                for pair in p.gids.values where !isZeroGID(pair.real) {
+                    if c.senderUp != nil || !sameGID(pair.real, pair.virtual) { entries.append((pair.real, pair.virtual, c.senderUp)) }
+                }
             }
         }
         for (k, m) in peers.udSenderMaps.sorted(by: { $0.key < $1.key }) {
-            if let g = gidFromHex(k) { entries.append((g, m)) }
+            if let g = gidFromHex(k) { entries.append((g, g, m)) }
         }
         let size = MemoryLayout<sv_senders>.size + entries.count * MemoryLayout<sv_sender>.stride
         guard let raw = calloc(1, size) else { return }
         let t = raw.bindMemory(to: sv_senders.self, capacity: 1)
         t.pointee.count = UInt32(entries.count)
         let first = (raw + MemoryLayout<sv_senders>.size).bindMemory(to: sv_sender.self, capacity: entries.count)
-        for (i, (gid, m)) in entries.enumerated() {
-            withUnsafeBytes(of: gid) { g in withUnsafeMutableBytes(of: &first[i].gid) { $0.copyMemory(from: g) } }
-            first[i].up = m
+        for (i, e) in entries.enumerated() {
+            withUnsafeBytes(of: e.real) { g in withUnsafeMutableBytes(of: &first[i].gid) { $0.copyMemory(from: g) } }
+            withUnsafeBytes(of: e.virtual) { g in withUnsafeMutableBytes(of: &first[i].vgid) { $0.copyMemory(from: g) } }
+            first[i].up = e.map
         }
         let now = monotonicNS()
         if let old = sv_senders_publish(t) { udSenderGarbage.tables.append((UnsafeMutableRawPointer(old), now)) }
@@ -157,30 +174,48 @@ extension Runtime {
     }
 }
 
-/// COLD (`svCold*`): before the work rings forget the receives, the src_qp of each UD receive with
-/// a GRH becomes the sender's virtual QPN (its GID's map; an unknown sender's stays as it came).
+/// COLD (`svCold*`): before the work rings forget the receives, each UD receive with a GRH is told
+/// in the application's terms: its src_qp becomes the sender's virtual QPN (the maps of its source
+/// GID, in turn: only moved QPs are in them, so a hit is the answer; an unknown sender's stays as it
+/// came), and the GRH's GIDs the virtual ones where they changed (so `ibv_create_ah_from_wc` finds
+/// the destination GID among the port's).
 @inline(never)
 func svColdUDSenders(_ ctx: UnsafeMutablePointer<sv_context>, _ wc: UnsafeMutablePointer<ibv_wc>, _ count: Int) {
-    var gid = (UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0),
-               UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0), UInt8(0))
+    var sgid = ibv_gid(), dgid = ibv_gid()
     for i in 0..<count {
         let e = wc + i
         guard e.pointee.status == IBV_WC_SUCCESS, e.pointee.opcode == IBV_WC_RECV,
               e.pointee.wc_flags & UInt32(IBV_WC_GRH.rawValue) != 0,
               let q = sv_qp_index_find(ctx, e.pointee.qp_num), q.pointee.qpx.qp_base.qp_type == IBV_QPT_UD,
               let grh = sv_ring_recv_grh(q, e.pointee.wr_id) else { continue }
-        let src = e.pointee.src_qp
-        e.pointee.src_qp = withUnsafeMutableBytes(of: &gid) { g in
-            let p = g.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            sv_grh_sgid(grh, p)
-            // The GID's maps in turn (this process's context, then a peer process on its host):
-            // only moved QPs are in them, so a hit is the answer.
-            var cursor: UInt32 = 0
-            while let map = sv_senders_next(p, &cursor) {
-                let v = IdentityMap.translateMoved(map, src)
-                if v != src { return v }
+        withUnsafeMutableBytes(of: &sgid) { sb in
+            withUnsafeMutableBytes(of: &dgid) { db in
+                let s = sb.baseAddress!.assumingMemoryBound(to: UInt8.self)
+                let d = db.baseAddress!.assumingMemoryBound(to: UInt8.self)
+                let version = sv_grh_gids(grh, s, d)
+                let src = e.pointee.src_qp
+                var newSource: UnsafeRawPointer? = nil, newDestination: UnsafeRawPointer? = nil
+                var cursor: UInt32 = 0
+                var translated = false
+                while let entry = sv_senders_next(s, &cursor) {
+                    if !translated, let map = entry.pointee.up {
+                        let v = IdentityMap.translateMoved(map, src)
+                        if v != src { e.pointee.src_qp = v; translated = true }
+                    }
+                    if newSource == nil, memcmp(s, entry.pointer(to: \.vgid)!, 16) != 0 {
+                        newSource = UnsafeRawPointer(entry.pointer(to: \.vgid)!)
+                    }
+                }
+                cursor = 0
+                while newDestination == nil, let entry = sv_senders_next(d, &cursor) {
+                    if memcmp(d, entry.pointer(to: \.vgid)!, 16) != 0 { newDestination = UnsafeRawPointer(entry.pointer(to: \.vgid)!) }
+                }
+                if newSource != nil || newDestination != nil {
+                    _ = sv_grh_set_gids(UnsafeMutableRawPointer(mutating: grh), version,
+                                        newSource?.assumingMemoryBound(to: UInt8.self),
+                                        newDestination?.assumingMemoryBound(to: UInt8.self))
+                }
             }
-            return src
         }
     }
 }

@@ -86,13 +86,40 @@ extension Runtime {
         }
         var realWC: ibv_wc? = wc?.pointee
         if realWC != nil { realWC!.slid = realLID(ofVirtual: realWC!.slid) }
-        let rc: Int32
-        if realWC != nil {
-            rc = initAH(ctx.real, port, &realWC!, grh, attr)
-        } else {
-            rc = initAH(ctx.real, port, nil, grh, attr)
+        // The GRH names our GID as the application knows it (UDSenders.swift rewrites it once our
+        // real GIDs changed); the real device looks it up among its own: a copy with the real one.
+        var realGRH = grh?.pointee ?? ibv_grh()
+        if grh != nil, let w = wc?.pointee, w.wc_flags & UInt32(IBV_WC_GRH.rawValue) != 0 {
+            realizeDestination(ctx, &realGRH)
+        }
+        let rc: Int32 = withUnsafeMutablePointer(to: &realGRH) { g in
+            let gp = grh == nil ? nil : g
+            if realWC != nil { return initAH(ctx.real, port, &realWC!, gp, attr) }
+            return initAH(ctx.real, port, nil, gp, attr)
         }
         if rc == 0, let attr { translateUp(&attr.pointee) }
         return rc
+    }
+
+    /// A GRH's destination GID, when it is one of `ctx`'s virtual GIDs whose real one differs:
+    /// the real one. Control lock.
+    private func realizeDestination(_ ctx: ContextRecord, _ grh: inout ibv_grh) {
+        var sgid = ibv_gid(), dgid = ibv_gid()
+        let version = withUnsafeMutableBytes(of: &sgid) { s in
+            withUnsafeMutableBytes(of: &dgid) { d in
+                withUnsafeBytes(of: &grh) { sv_grh_gids($0.baseAddress!, s.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                                        d.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
+            }
+        }
+        for p in ctx.ports {
+            guard let i = p.virtualGIDIndex(of: dgid), let pair = p.gids[i], !sameGID(pair.real, pair.virtual) else { continue }
+            var real = pair.real
+            withUnsafeMutableBytes(of: &grh) { g in
+                withUnsafeBytes(of: &real) { r in
+                    _ = sv_grh_set_gids(g.baseAddress!, version, nil, r.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                }
+            }
+            return
+        }
     }
 }

@@ -213,6 +213,7 @@ extension Runtime {
         for (qp, old) in zip(qps, oldRealQPNs) { noteUDSender(qp, old: old) }
         loadIdentities(ctx, first: false)
         publishLIDs()
+        noteGIDsMoved(ctx)
         publishUDSenders()
         ctx.ptr.pointee.generation &+= 1
 

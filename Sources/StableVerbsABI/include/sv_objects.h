@@ -392,29 +392,36 @@ static inline uint32_t sv_ring_is_lost(struct sv_wr_ring *r)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * UD senders (sv_senders.c): which real GID belongs to which map of real QPN -> virtual QPN, so a
- * UD receive's src_qp can be told in the sender's terms (the GRH names the sender's GID). The
+ * UD senders (sv_senders.c): which real GID belongs to which map of real QPN -> virtual QPN and
+ * to which virtual GID, so a UD receive's src_qp and GRH can be told in the application's terms
+ * (the GRH names the sender's and the receiver's real GIDs). The
  * table is immutable once published; a new one replaces it (exchange with release) and the old
  * one is freed by the caller once no poller can still be in it (a poller may be reading it).
  * ------------------------------------------------------------------------------------------- */
 struct sv_sender {
-	uint8_t gid[16];
-	struct sv_idmap *up;
+	uint8_t gid[16];      /* real */
+	uint8_t vgid[16];     /* virtual: the GID the application knows (= gid for peers in other processes) */
+	struct sv_idmap *up;  /* its moved UD QPs, real QPN -> virtual QPN (NULL: none) */
 };
 struct sv_senders {
 	uint32_t count;
 	uint32_t reserved;
 	struct sv_sender entries[];
 };
-/* The next map of the senders whose real GID is `gid` from entry *cursor on (start at 0; the
- * cursor moves past it), or NULL. */
-struct sv_idmap *sv_senders_next(const uint8_t gid[16], uint32_t *cursor);
+/* The next entry whose real GID is `gid` from entry *cursor on (start at 0; the cursor moves past
+ * it), or NULL. Valid until the table is freed (UDSenderGarbage: seconds after its replacement). */
+const struct sv_sender *sv_senders_next(const uint8_t gid[16], uint32_t *cursor);
 /* Publishes `t` (malloc'ed); returns the table it replaces (the caller frees it once no poller
  * can still be reading it). */
 struct sv_senders *sv_senders_publish(struct sv_senders *t);
-/* The sender's GID in a UD receive's 40-byte GRH area: a GRH (IPv6, InfiniBand), or RoCEv2 over
- * IPv4 (20 bytes of zeros, then the IPv4 header: the IPv4-mapped GID of its source address). */
-void sv_grh_sgid(const void *grh, uint8_t gid[16]);
+/* The source and destination GIDs in a UD receive's 40-byte GRH area: a GRH (IPv6, InfiniBand),
+ * or RoCEv2 over IPv4 (20 bytes of zeros, then the IPv4 header: the IPv4-mapped GIDs of its
+ * addresses). Returns 4 or 6. */
+int sv_grh_gids(const void *grh, uint8_t sgid[16], uint8_t dgid[16]);
+/* Writes `sgid` / `dgid` (either may be NULL) into the GRH area read by sv_grh_gids (`version`);
+ * over IPv4 only IPv4-mapped GIDs can be written (the header checksum is recomputed): returns 0, or
+ * -1 when a GID cannot be written (nothing written). */
+int sv_grh_set_gids(void *grh, int version, const uint8_t *sgid, const uint8_t *dgid);
 
 /* Fills the verbs_context header of a fresh virtual context: sz, abi_compat = extended marker,
  * and the ibv_context fields copied from the real one (async_fd, num_comp_vectors, cmd_fd). */
