@@ -119,9 +119,9 @@ extension LabTests {
     /// extended CQ, asked for QP numbers by the shim) and polled with ibv_start_poll.
     @Test("(e) extended CQs (ibv_create_cq_ex, ibv_start_poll): rdma link delete/add 3 times (2 QP pairs)", .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
     func extendedCQs() async throws {
-        let r = try await RecoveryLab.run(how: "delete", losses: 3, pairs: 2, extendedCQs: true)
+        let r = try await RecoveryLab.run(how: "delete", losses: 3, pairs: 2, extendedCQs: true, ud: true)
         RecoveryLab.expectRecovered(r, how: "delete", losses: 3, pairs: 2, planned: false)
-        #expect(r.text.contains { $0.hasPrefix("recovery: ready, external (extended CQs), 2 QP pair(s)") }, "\(r.text.prefix(20))")
+        #expect(r.text.contains { $0.hasPrefix("recovery: ready, external (extended CQs) (UD), 2 QP pair(s)") }, "\(r.text.prefix(20))")
     }
 
     /// (d) Many unplanned losses in a row: STABLEVERBS_LAB_LOSSES (default 8 here, to keep the

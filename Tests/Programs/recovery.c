@@ -320,6 +320,9 @@ static void maybe_attach(void)
 
 /* Polls up to POLL_BATCH completions (at least one; waits at most poll_seconds). Any error
  * status fails: the application must never see one. */
+/* -e: the UD receive CQ also reports src_qp, slid and sl (read by poll_ex for it). */
+static struct ibv_cq *ud_cqs[2];
+
 /* Up to `max` completions through an extended CQ's poll session, as ibv_poll_cq would give them. */
 static int poll_ex(struct ibv_cq *cq, int max, struct ibv_wc *wc)
 {
@@ -335,21 +338,28 @@ static int poll_ex(struct ibv_cq *cq, int max, struct ibv_wc *wc)
 		wc[n] = (struct ibv_wc){.wr_id = cqx->wr_id, .status = cqx->status, .opcode = ibv_wc_read_opcode(cqx),
 					.vendor_err = ibv_wc_read_vendor_err(cqx), .byte_len = ibv_wc_read_byte_len(cqx),
 					.qp_num = ibv_wc_read_qp_num(cqx), .wc_flags = ibv_wc_read_wc_flags(cqx)};
+		if (cq == ud_cqs[0] || cq == ud_cqs[1]) {
+			wc[n].src_qp = ibv_wc_read_src_qp(cqx);
+			wc[n].slid = (uint16_t)ibv_wc_read_slid(cqx);
+			wc[n].sl = ibv_wc_read_sl(cqx);
+		}
 		n++;
 	} while (n < max && !ex_single && (rc = ibv_next_poll(cqx)) == 0);
 	ibv_end_poll(cqx);
 	return rc && rc != ENOENT ? -rc : n;
 }
 
-static struct ibv_cq *create_cq(struct ibv_context *ctx, int cqe)
+static struct ibv_cq *create_cq_reading(struct ibv_context *ctx, int cqe, uint64_t more_fields)
 {
 	if (!ext_cqs)
 		return ibv_create_cq(ctx, cqe, NULL, NULL, 0);
 	struct ibv_cq_init_attr_ex a = {.cqe = (uint32_t)cqe,
-					.wc_flags = IBV_WC_EX_WITH_BYTE_LEN | IBV_WC_EX_WITH_QP_NUM};
+					.wc_flags = IBV_WC_EX_WITH_BYTE_LEN | IBV_WC_EX_WITH_QP_NUM | more_fields};
 	struct ibv_cq_ex *cqx = ibv_create_cq_ex(ctx, &a);
 	return cqx ? ibv_cq_ex_to_cq(cqx) : NULL;
 }
+
+static struct ibv_cq *create_cq(struct ibv_context *ctx, int cqe) { return create_cq_reading(ctx, cqe, 0); }
 
 static int poll_cq_some(struct ibv_cq *cq, struct ibv_wc *wc, const char *what, int ex);
 
@@ -358,7 +368,6 @@ static int poll_some(struct ibv_cq *cq, struct ibv_wc *wc, const char *what)
 	return poll_cq_some(cq, wc, what, ext_cqs);
 }
 
-/* The UD pair's CQs are legacy ones (src_qp is read from the ibv_wc). */
 static int poll_cq_some(struct ibv_cq *cq, struct ibv_wc *wc, const char *what, int ex)
 {
 	double deadline = tp_now() + poll_seconds;
@@ -469,9 +478,18 @@ static void ud_post_recv(unsigned slot)
 
 static void ud_setup(struct tp_dev *da, struct tp_dev *db)
 {
+	/* With -e the UD CQs are extended ones too (reading src_qp and the flags). */
+	uint64_t fields = IBV_WC_EX_WITH_SRC_QP | IBV_WC_EX_WITH_SLID | IBV_WC_EX_WITH_SL;
 	struct tp_qp_opts o = {.type = IBV_QPT_UD, .max_send_wr = 2 * BURST, .max_recv_wr = UD_SLOTS + 4, .cqe = 64,
 			       .buf_size = UD_SLOTS * UD_SLOT + 4096};
+	o.scq = create_cq_reading(da->ctx, 64, fields);
+	o.rcq = create_cq_reading(da->ctx, 64, fields);
+	TP_CHECK(o.scq && o.rcq, "creating UA's CQs failed: %s", strerror(errno));
 	tp_end_create(&ud.a, da, &o);
+	o.scq = create_cq_reading(db->ctx, 64, fields);
+	o.rcq = create_cq_reading(db->ctx, 64, fields);
+	TP_CHECK(o.scq && o.rcq, "creating UB's CQs failed: %s", strerror(errno));
+	ud_cqs[0] = o.rcq;
 	tp_end_create(&ud.b, db, &o);
 	tp_ud_ready(&ud.a);
 	tp_ud_ready(&ud.b);
@@ -509,7 +527,7 @@ static int poll_cq_some(struct ibv_cq *cq, struct ibv_wc *wc, const char *what, 
 static void ud_check_burst(struct ibv_wc *wc)
 {
 	for (int left = BURST; left > 0;) {
-		int n = poll_cq_some(ud.b.rcq, wc, "UB's datagrams", 0);
+		int n = poll_cq_some(ud.b.rcq, wc, "UB's datagrams", ext_cqs);
 		for (int k = 0; k < n; k++, left--) {
 			unsigned slot = (unsigned)wc[k].wr_id;
 			TP_CHECK(slot < UD_SLOTS && wc[k].opcode == IBV_WC_RECV, "UB: wr_id %" PRIu64 ", opcode %d",
@@ -546,7 +564,7 @@ static void ud_check_burst(struct ibv_wc *wc)
 		}
 	}
 	for (int left = BURST; left > 0;) {
-		int n = poll_cq_some(ud.a.scq, wc, "UA's datagram sends", 0);
+		int n = poll_cq_some(ud.a.scq, wc, "UA's datagram sends", ext_cqs);
 		for (int k = 0; k < n; k++, left--)
 			check((wc[k].wr_id & 0xff) == 5 && wc[k].opcode == IBV_WC_SEND && wc[k].qp_num == ud.vqpn_a,
 			      "UA: unexpected completion wr_id 0x%" PRIx64 " opcode %d qp_num 0x%x", wc[k].wr_id, wc[k].opcode,

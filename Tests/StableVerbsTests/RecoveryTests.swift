@@ -125,6 +125,18 @@ struct RecoveryTests {
         #expect(out.line(startingWith: "recovery: \(mode), 96 messages, 3 recoveries, \(devices) devices, 0 errors") != nil, "\(out)")
     }
 
+    /// UD on extended CQs (`-u -e`: ibv_start_poll, ibv_wc_read_src_qp): the src_qp of the
+    /// completion a poll session is on is told by sender too. With the previous library the
+    /// two-device runs failed on src_qp (24 errors).
+    @Test("UD on extended CQs: ibv_wc_read_src_qp gives the sender's virtual QPN",
+          arguments: ["planned", "fatal", "rxe"], [Setup.ibTwoDevices, .ethTwoDevices])
+    func udExtendedCQs(mode: String, setup: Setup) throws {
+        let out = try Harness.runProgram("recovery", ["-m", mode, "-u", "-e"], setup: setup, extraEnvironment: recoveryEnvironment)
+        #expect(out.status == 0 && !out.timedOut, "\(mode): \(out)")
+        #expect(out.line(startingWith: "recovery: ready, \(mode) (extended CQs) (UD)") != nil, "\(out)")
+        #expect(out.line(startingWith: "recovery: \(mode), 96 messages, 3 recoveries, 2 devices, 0 errors") != nil, "\(out)")
+    }
+
     /// UD through a device that returns under another name with new GUID, LIDs and GIDs
     /// (STABLEVERBS_MATCH=any): src_qp, and the GRH's GIDs rewritten to the virtual ones, so that
     /// ibv_init_ah_from_wc / ibv_create_ah_from_wc on each datagram still work and address the

@@ -65,6 +65,60 @@ func svCQExTook(_ c: UnsafeMutablePointer<sv_cq>, _ r: UnsafeMutablePointer<ibv_
     return 0
 }
 
+/// `svCQExTook` once a UD identity of the process moved (Identity/UDSenders.swift): the
+/// completion's src_qp (and a UD receive's GRH) are told by sender before its work is retired;
+/// read_src_qp answers sv_cq.src_qp.
+func svCQExTookBySender(_ c: UnsafeMutablePointer<sv_cq>, _ r: UnsafeMutablePointer<ibv_cq_ex>) -> Int32 {
+    c.pointee.cq.status = r.pointee.status
+    c.pointee.cq.wr_id = r.pointee.wr_id
+    if r.pointee.status != IBV_WC_SUCCESS { return svColdCQExError(c) }
+    svCQExNoteSender(c, r)
+    sv_ring_retire_cq_ex(c.pointee.ctx.unsafelyUnwrapped, r)
+    return 0
+}
+
+/// COLD: the real CQ's current completion's src_qp in the application's terms, kept in sv_cq.src_qp.
+@inline(never)
+func svCQExNoteSender(_ c: UnsafeMutablePointer<sv_cq>, _ r: UnsafeMutablePointer<ibv_cq_ex>) {
+    let ctx = c.pointee.ctx.unsafelyUnwrapped
+    guard let readSrc = r.pointee.read_src_qp else { return }
+    var w = ibv_wc()
+    w.wr_id = r.pointee.wr_id
+    w.status = IBV_WC_SUCCESS
+    w.opcode = r.pointee.read_opcode.unsafelyUnwrapped(r)
+    w.qp_num = r.pointee.read_qp_num.unsafelyUnwrapped(r)
+    w.wc_flags = r.pointee.read_wc_flags.map { $0(r) } ?? 0
+    let src = readSrc(r)
+    w.src_qp = src
+    svColdUDSenders(ctx, &w, 1)
+    c.pointee.src_qp = w.wc_flags & UInt32(IBV_WC_GRH.rawValue) != 0 ? w.src_qp : svTranslate(svQpnUp(ctx), src)
+}
+
+/// start_poll / next_poll once a UD identity of the process moved (installed by svInstallCQExOps).
+func svOpCQStartPollBySender(_ cq: UnsafeMutablePointer<ibv_cq_ex>?, _ attr: UnsafeMutablePointer<ibv_poll_cq_attr>?) -> Int32 {
+    let c = svCQ(cq)
+    if svCtxState(c.pointee.ctx.unsafelyUnwrapped) | svCQPending(c) != 0 { return svColdCQStartPoll(c, attr) }
+    let r = c.pointee.real_ex.unsafelyUnwrapped
+    let rc = r.pointee.start_poll.unsafelyUnwrapped(r, attr)
+    if rc != 0 { return rc }
+    c.pointee.session = SV_CQ_SESSION_REAL.rawValue
+    return svCQExTookBySender(c, r)
+}
+
+func svOpCQNextPollBySender(_ cq: UnsafeMutablePointer<ibv_cq_ex>?) -> Int32 {
+    let c = svCQ(cq)
+    if c.pointee.session != SV_CQ_SESSION_REAL.rawValue { return svColdCQNextPoll(c) }
+    let r = c.pointee.real_ex.unsafelyUnwrapped
+    let rc = r.pointee.next_poll.unsafelyUnwrapped(r)
+    if rc != 0 { return rc }
+    return svCQExTookBySender(c, r)
+}
+
+/// Whether a UD identity of the process moved (the CQ's polls tell src_qp by sender).
+@inline(__always) func svCQBySender(_ c: UnsafeMutablePointer<sv_cq>) -> Bool {
+    svMoved(svQpnUp(c.pointee.ctx.unsafelyUnwrapped)) & svUDSendersMoved != 0
+}
+
 /// COLD (`svCold*`: scripts/check-fastpath stops here): the context is not LIVE or completions
 /// were kept for this CQ (Recovery/ExtendedCQs.swift).
 @inline(never)
@@ -213,6 +267,11 @@ func svInstallCQExOps(_ cq: UnsafeMutablePointer<sv_cq>) {
     cq.pointee.cq.read_tm_info = real.read_tm_info == nil ? nil : svOpCQReadTMInfo
     cq.pointee.cq.read_completion_wallclock_ns =
         real.read_completion_wallclock_ns == nil ? nil : svOpCQReadCompletionWallclockNS
+    if svCQBySender(cq), real.read_src_qp != nil, real.start_poll != nil, real.next_poll != nil {
+        cq.pointee.cq.start_poll = { svOpCQStartPollBySender($0, $1) }
+        cq.pointee.cq.next_poll = { svOpCQNextPollBySender($0) }
+        cq.pointee.cq.read_src_qp = { svCQ($0).pointee.src_qp }
+    }
 }
 
 // MARK: - Kept completions (a recovery's, served through the extended API)

@@ -24,7 +24,8 @@
 // Senders in other processes are in the table too, under the GIDs their `ud-moved` claims named
 // (Peers/UDPeers.swift): a GID may then have two maps (a process on this host shares its GID with
 // ours), tried in turn. A sender whose real GID changed with its move is not found (its src_qp
-// stays as it came). Extended CQs' read_src_qp still use the receiving context's own map.
+// stays as it came). Extended CQs get start_poll/next_poll variants that do the same for the
+// completion they move to, and a read_src_qp that answers it (DataPath/CQExOps.swift).
 
 import CVerbs
 import Glibc
@@ -126,11 +127,22 @@ extension Runtime {
         IdentityMap.remove(m, key: rec.ptr.pointee.real_qpn)
     }
 
-    /// Sets the flag on a context (one just opened, when a UD QP had already moved). Control lock.
+    /// Sets the flag on a context (one just opened, when a UD QP had already moved), and gives its
+    /// extended CQs the polls that tell src_qp by sender (one serving kept completions gets them
+    /// when it moves back to the real CQ). Control lock.
     func markUDSendersMoved(_ ctx: ContextRecord) {
         guard udSendersMoved else { return }
         let q = ctx.qpnUpMap
         sv_idmap_set_moved(q, sv_idmap_moved(q) | svUDSendersMoved)
+        // A released context's real CQs are gone: its rebuild installs the ops. A session open on a
+        // CQ now keeps, for the completion it is on, the src_qp its former reader would give.
+        guard !ctx.released, !ctx.failed else { return }
+        for cq in ctx.cqs.values where cq.ptr.pointee.real_ex != nil && cq.ptr.pointee.session != SV_CQ_SESSION_KEPT.rawValue {
+            if cq.ptr.pointee.session == SV_CQ_SESSION_REAL.rawValue, let r = cq.ptr.pointee.real_ex, let read = r.pointee.read_src_qp {
+                cq.ptr.pointee.src_qp = svTranslate(ctx.qpnUpMap, read(r))
+            }
+            svInstallCQExOps(cq.ptr)
+        }
     }
 
     /// A context closes: the table no longer names it; its map goes once no poller can be in it.

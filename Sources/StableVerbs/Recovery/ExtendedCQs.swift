@@ -49,7 +49,7 @@ extension Runtime {
         let rc = r.pointee.start_poll(r, attr)
         if rc != 0 { return rc }
         c.pointee.session = real
-        return svCQExTook(c, r)
+        return svCQBySender(c) ? svCQExTookBySender(c, r) : svCQExTook(c, r)
     }
 
     /// ibv_end_poll of a session that served kept completions (no real session to end).
@@ -73,6 +73,7 @@ extension Runtime {
         let ctx = c.pointee.ctx!
         while true {
             if r.pointee.status == IBV_WC_SUCCESS {
+                if svCQBySender(c) { svCQExNoteSender(c, r) }
                 sv_ring_retire_cq_ex(ctx, r)
                 return 0
             }

@@ -300,6 +300,8 @@ struct sv_cq {
 	_Atomic(uint32_t) pending; /* completions the recovery kept for the application (poll them first) */
 	uint32_t session;          /* extended CQs: enum sv_cq_session of the application's poll */
 	struct ibv_wc kept;        /* extended CQs: the kept completion the read_* ops answer (SV_CQ_SESSION_KEPT) */
+	uint32_t src_qp;           /* extended CQs once a UD identity moved: the current completion's src_qp, told by sender */
+	uint32_t reserved;
 };
 
 /* An extended CQ's poll session (ibv_start_poll .. ibv_end_poll), as the application sees it. */
