@@ -23,24 +23,36 @@ func svRealCQEx(_ cq: UnsafeMutablePointer<ibv_cq_ex>?) -> UnsafeMutablePointer<
 @_cdecl("sv_op_cq_start_poll")
 @inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpCQStartPoll(_ cq: UnsafeMutablePointer<ibv_cq_ex>?, _ attr: UnsafeMutablePointer<ibv_poll_cq_attr>?) -> Int32 {
+    svCQStartPoll(cq, attr, bySender: false)
+}
+
+/// start_poll; `bySender` (a constant: two ops) also tells the completion's src_qp by sender.
+@inline(__always)
+func svCQStartPoll(_ cq: UnsafeMutablePointer<ibv_cq_ex>?, _ attr: UnsafeMutablePointer<ibv_poll_cq_attr>?, bySender: Bool) -> Int32 {
     let c = svCQ(cq)
     if svCtxState(c.pointee.ctx.unsafelyUnwrapped) | svCQPending(c) != 0 { return svColdCQStartPoll(c, attr) }
     let r = c.pointee.real_ex.unsafelyUnwrapped
     let rc = r.pointee.start_poll.unsafelyUnwrapped(r, attr)
     if rc != 0 { return rc }
     c.pointee.session = SV_CQ_SESSION_REAL.rawValue
-    return svCQExTook(c, r)
+    return svCQExTook(c, r, bySender: bySender)
 }
 
 @_cdecl("sv_op_cq_next_poll")
 @inline(__always)  // the body goes into the @_cdecl entry point: see DataPath.swift
 public func svOpCQNextPoll(_ cq: UnsafeMutablePointer<ibv_cq_ex>?) -> Int32 {
+    svCQNextPoll(cq, bySender: false)
+}
+
+/// next_poll; `bySender` as for svCQStartPoll.
+@inline(__always)
+func svCQNextPoll(_ cq: UnsafeMutablePointer<ibv_cq_ex>?, bySender: Bool) -> Int32 {
     let c = svCQ(cq)
     if c.pointee.session != SV_CQ_SESSION_REAL.rawValue { return svColdCQNextPoll(c) }
     let r = c.pointee.real_ex.unsafelyUnwrapped
     let rc = r.pointee.next_poll.unsafelyUnwrapped(r)
     if rc != 0 { return rc }
-    return svCQExTook(c, r)
+    return svCQExTook(c, r, bySender: bySender)
 }
 
 @_cdecl("sv_op_cq_end_poll")
@@ -55,24 +67,15 @@ public func svOpCQEndPoll(_ cq: UnsafeMutablePointer<ibv_cq_ex>?) {
 
 /// The real CQ is positioned on a completion: the application sees its status and wr_id, and
 /// its work request is retired; an error completion takes the cold path (a device loss's is
-/// hidden).
+/// hidden). `bySender`, once a UD identity of the process moved (Identity/UDSenders.swift): the
+/// completion's src_qp (and a UD receive's GRH) are told by sender first; read_src_qp answers
+/// sv_cq.src_qp.
 @inline(__always)
-func svCQExTook(_ c: UnsafeMutablePointer<sv_cq>, _ r: UnsafeMutablePointer<ibv_cq_ex>) -> Int32 {
+func svCQExTook(_ c: UnsafeMutablePointer<sv_cq>, _ r: UnsafeMutablePointer<ibv_cq_ex>, bySender: Bool = false) -> Int32 {
     c.pointee.cq.status = r.pointee.status
     c.pointee.cq.wr_id = r.pointee.wr_id
     if r.pointee.status != IBV_WC_SUCCESS { return svColdCQExError(c) }
-    sv_ring_retire_cq_ex(c.pointee.ctx.unsafelyUnwrapped, r)
-    return 0
-}
-
-/// `svCQExTook` once a UD identity of the process moved (Identity/UDSenders.swift): the
-/// completion's src_qp (and a UD receive's GRH) are told by sender before its work is retired;
-/// read_src_qp answers sv_cq.src_qp.
-func svCQExTookBySender(_ c: UnsafeMutablePointer<sv_cq>, _ r: UnsafeMutablePointer<ibv_cq_ex>) -> Int32 {
-    c.pointee.cq.status = r.pointee.status
-    c.pointee.cq.wr_id = r.pointee.wr_id
-    if r.pointee.status != IBV_WC_SUCCESS { return svColdCQExError(c) }
-    svCQExNoteSender(c, r)
+    if bySender { svCQExNoteSender(c, r) }
     sv_ring_retire_cq_ex(c.pointee.ctx.unsafelyUnwrapped, r)
     return 0
 }
@@ -92,26 +95,6 @@ func svCQExNoteSender(_ c: UnsafeMutablePointer<sv_cq>, _ r: UnsafeMutablePointe
     w.src_qp = src
     svColdUDSenders(ctx, &w, 1)
     c.pointee.src_qp = w.wc_flags & UInt32(IBV_WC_GRH.rawValue) != 0 ? w.src_qp : svTranslate(svQpnUp(ctx), src)
-}
-
-/// start_poll / next_poll once a UD identity of the process moved (installed by svInstallCQExOps).
-func svOpCQStartPollBySender(_ cq: UnsafeMutablePointer<ibv_cq_ex>?, _ attr: UnsafeMutablePointer<ibv_poll_cq_attr>?) -> Int32 {
-    let c = svCQ(cq)
-    if svCtxState(c.pointee.ctx.unsafelyUnwrapped) | svCQPending(c) != 0 { return svColdCQStartPoll(c, attr) }
-    let r = c.pointee.real_ex.unsafelyUnwrapped
-    let rc = r.pointee.start_poll.unsafelyUnwrapped(r, attr)
-    if rc != 0 { return rc }
-    c.pointee.session = SV_CQ_SESSION_REAL.rawValue
-    return svCQExTookBySender(c, r)
-}
-
-func svOpCQNextPollBySender(_ cq: UnsafeMutablePointer<ibv_cq_ex>?) -> Int32 {
-    let c = svCQ(cq)
-    if c.pointee.session != SV_CQ_SESSION_REAL.rawValue { return svColdCQNextPoll(c) }
-    let r = c.pointee.real_ex.unsafelyUnwrapped
-    let rc = r.pointee.next_poll.unsafelyUnwrapped(r)
-    if rc != 0 { return rc }
-    return svCQExTookBySender(c, r)
 }
 
 /// Whether a UD identity of the process moved (the CQ's polls tell src_qp by sender).
@@ -268,8 +251,8 @@ func svInstallCQExOps(_ cq: UnsafeMutablePointer<sv_cq>) {
     cq.pointee.cq.read_completion_wallclock_ns =
         real.read_completion_wallclock_ns == nil ? nil : svOpCQReadCompletionWallclockNS
     if svCQBySender(cq), real.read_src_qp != nil, real.start_poll != nil, real.next_poll != nil {
-        cq.pointee.cq.start_poll = { svOpCQStartPollBySender($0, $1) }
-        cq.pointee.cq.next_poll = { svOpCQNextPollBySender($0) }
+        cq.pointee.cq.start_poll = { svCQStartPoll($0, $1, bySender: true) }
+        cq.pointee.cq.next_poll = { svCQNextPoll($0, bySender: true) }
         cq.pointee.cq.read_src_qp = { svCQ($0).pointee.src_qp }
     }
 }

@@ -49,7 +49,7 @@ extension Runtime {
         let rc = r.pointee.start_poll(r, attr)
         if rc != 0 { return rc }
         c.pointee.session = real
-        return svCQBySender(c) ? svCQExTookBySender(c, r) : svCQExTook(c, r)
+        return svCQExTook(c, r, bySender: svCQBySender(c))
     }
 
     /// ibv_end_poll of a session that served kept completions (no real session to end).
