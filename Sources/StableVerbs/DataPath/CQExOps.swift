@@ -99,7 +99,7 @@ func svCQExNoteSender(_ c: UnsafeMutablePointer<sv_cq>, _ r: UnsafeMutablePointe
 
 /// Whether a UD identity of the process moved (the CQ's polls tell src_qp by sender).
 @inline(__always) func svCQBySender(_ c: UnsafeMutablePointer<sv_cq>) -> Bool {
-    svMoved(svQpnUp(c.pointee.ctx.unsafelyUnwrapped)) & svUDSendersMoved != 0
+    svUDBySender(c.pointee.ctx.unsafelyUnwrapped)
 }
 
 /// COLD (`svCold*`: scripts/check-fastpath stops here): the context is not LIVE or completions

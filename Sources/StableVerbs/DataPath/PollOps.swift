@@ -64,7 +64,7 @@ func svPollCQTranslatedRetiring(_ c: UnsafeMutablePointer<sv_cq>, _ ne: Int32, _
     var n = real.pointee.context.unsafelyUnwrapped.pointee.ops.poll_cq.unsafelyUnwrapped(real, ne, wc)
     if n <= 0 { return n }
     let ctx = c.pointee.ctx.unsafelyUnwrapped
-    if svMoved(svQpnUp(ctx)) & svUDSendersMoved != 0 { svColdUDSenders(ctx, wc.unsafelyUnwrapped, Int(n)) }
+    if svUDBySender(ctx) { svColdUDSenders(ctx, wc.unsafelyUnwrapped, Int(n)) }
     let ok = sv_ring_retire(ctx, wc, n)  // n when the context has no index yet
     if ok != n { n = svColdPollErrors(c, n, ok, wc) }
     if n > 0 { svTranslateCompletions(ctx, wc.unsafelyUnwrapped, Int(n)) }

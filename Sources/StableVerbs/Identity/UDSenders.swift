@@ -35,6 +35,29 @@ import StableVerbsABI
 /// real QPN other than its virtual one, so UD receives' src_qp are translated by sender.
 let svUDSendersMoved: UInt32 = 0x8000_0000
 
+/// Whether `ctx`'s polls tell UD receives by sender (svUDSendersMoved is set).
+@inline(__always) func svUDBySender(_ ctx: UnsafeMutablePointer<sv_context>) -> Bool {
+    svMoved(svQpnUp(ctx)) & svUDSendersMoved != 0
+}
+
+/// The version (4, 6) and the source and destination GIDs of a UD receive's GRH area.
+func grhGIDs(_ grh: UnsafeRawPointer) -> (version: Int32, sgid: ibv_gid, dgid: ibv_gid) {
+    var sgid = ibv_gid(), dgid = ibv_gid()
+    let version = withUnsafeMutableBytes(of: &sgid) { s in
+        withUnsafeMutableBytes(of: &dgid) { d in
+            sv_grh_gids(grh, s.baseAddress!.assumingMemoryBound(to: UInt8.self), d.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        }
+    }
+    return (version, sgid, dgid)
+}
+
+/// A fresh, empty identity map on the heap (freed with IdentityMap.destroy and free).
+private func newIdentityMap() -> UnsafeMutablePointer<sv_idmap>? {
+    guard let m = allocateZeroed(sv_idmap.self) else { return nil }
+    IdentityMap.initialize(m)
+    return m
+}
+
 /// Tables and maps the senders' table no longer names, freed once no poller can still be in
 /// them (a lookup takes well under a microsecond; they wait `UDSenderGarbage.grace`). Control lock.
 struct UDSenderGarbage {
@@ -62,8 +85,7 @@ extension Runtime {
     /// Control lock.
     private func senderMap(_ ctx: ContextRecord) -> UnsafeMutablePointer<sv_idmap>? {
         if let m = ctx.senderUp { return m }
-        guard let m = allocateZeroed(sv_idmap.self) else { return nil }
-        IdentityMap.initialize(m)
+        guard let m = newIdentityMap() else { return nil }
         ctx.senderUp = m
         return m
     }
@@ -81,15 +103,8 @@ extension Runtime {
 
     /// A `ud-moved` claim for `gid` (hex): its UD QPs (virtual, real). Control lock.
     func noteRemoteUDSenders(gid: String, _ qpns: [(UInt32, UInt32)]) {
-        let m: UnsafeMutablePointer<sv_idmap>
-        if let e = peers.udSenderMaps[gid] {
-            m = e
-        } else {
-            guard let e = allocateZeroed(sv_idmap.self) else { return }
-            IdentityMap.initialize(e)
-            peers.udSenderMaps[gid] = e
-            m = e
-        }
+        guard let m = peers.udSenderMaps[gid] ?? newIdentityMap() else { return }
+        peers.udSenderMaps[gid] = m
         var moved = false
         for (v, r) in qpns {
             let k = UDHold(gid: gid, qpn: v)
@@ -193,18 +208,17 @@ extension Runtime {
 /// the destination GID among the port's).
 @inline(never)
 func svColdUDSenders(_ ctx: UnsafeMutablePointer<sv_context>, _ wc: UnsafeMutablePointer<ibv_wc>, _ count: Int) {
-    var sgid = ibv_gid(), dgid = ibv_gid()
     for i in 0..<count {
         let e = wc + i
         guard e.pointee.status == IBV_WC_SUCCESS, e.pointee.opcode == IBV_WC_RECV,
               e.pointee.wc_flags & UInt32(IBV_WC_GRH.rawValue) != 0,
               let q = sv_qp_index_find(ctx, e.pointee.qp_num), q.pointee.qpx.qp_base.qp_type == IBV_QPT_UD,
               let grh = sv_ring_recv_grh(q, e.pointee.wr_id) else { continue }
-        withUnsafeMutableBytes(of: &sgid) { sb in
-            withUnsafeMutableBytes(of: &dgid) { db in
+        let (version, sgid, dgid) = grhGIDs(grh)
+        withUnsafeBytes(of: sgid) { sb in
+            withUnsafeBytes(of: dgid) { db in
                 let s = sb.baseAddress!.assumingMemoryBound(to: UInt8.self)
                 let d = db.baseAddress!.assumingMemoryBound(to: UInt8.self)
-                let version = sv_grh_gids(grh, s, d)
                 let src = e.pointee.src_qp
                 var newSource: UnsafeRawPointer? = nil, newDestination: UnsafeRawPointer? = nil
                 var cursor: UInt32 = 0

@@ -104,13 +104,7 @@ extension Runtime {
     /// A GRH's destination GID, when it is one of `ctx`'s virtual GIDs whose real one differs:
     /// the real one. Control lock.
     private func realizeDestination(_ ctx: ContextRecord, _ grh: inout ibv_grh) {
-        var sgid = ibv_gid(), dgid = ibv_gid()
-        let version = withUnsafeMutableBytes(of: &sgid) { s in
-            withUnsafeMutableBytes(of: &dgid) { d in
-                withUnsafeBytes(of: &grh) { sv_grh_gids($0.baseAddress!, s.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                                        d.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
-            }
-        }
+        let (version, _, dgid) = withUnsafeBytes(of: &grh) { grhGIDs($0.baseAddress!) }
         for p in ctx.ports {
             guard let i = p.virtualGIDIndex(of: dgid), let pair = p.gids[i], !sameGID(pair.real, pair.virtual) else { continue }
             var real = pair.real

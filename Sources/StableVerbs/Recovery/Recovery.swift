@@ -620,12 +620,13 @@ extension Runtime {
             if cq.ptr.pointee.session == SV_CQ_SESSION_REAL.rawValue { continue }
             let real = cq.real
             guard let poll = real.pointee.context?.pointee.ops.poll_cq else { continue }
+            let bySender = svUDBySender(c.ptr)
             while true {
                 let n = buf.withUnsafeMutableBufferPointer { poll(real, 32, $0.baseAddress) }
                 if n <= 0 { break }
                 for i in 0..<Int(n) {
                     if buf[i].status != IBV_WC_SUCCESS { failed = true; continue }
-                    if svMoved(c.qpnUpMap) & svUDSendersMoved != 0 { svColdUDSenders(c.ptr, &buf[i], 1) }
+                    if bySender { svColdUDSenders(c.ptr, &buf[i], 1) }
                     sv_ring_retire_one(c.ptr, &buf[i])
                     var w = buf[i]
                     svTranslateCompletions(c.ptr, &w, 1)
