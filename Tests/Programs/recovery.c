@@ -65,6 +65,11 @@
  * work and address UA's virtual GID (and ibv_create_ah_from_wc once a burst, for a reply's address
  * handle); UA must see every send complete once.
  *
+ * -s puts B's QPs on one shared receive queue: B posts its receives there (from a pool of buffers
+ * of its own; a message may land in a buffer any pair posted) and finds the pair by wc.qp_num. With
+ * lostrecvs the shim can remake the lost completions only when one QP on the SRQ lost any (-q 1):
+ * which receive took which pair's message is known to the device alone.
+ *
  * -t tolerates duplicates of work in flight at a loss (at least once instead of exactly once): a
  * SEND received again, a FETCH_AND_ADD executed again (the later ones then return one more) are
  * counted and reported, not errors; anything lost, corrupted or out of order still is. For
@@ -138,7 +143,12 @@ static int poll_seconds;
 static volatile sig_atomic_t want_detach, want_attach;
 static int detached, tolerate, wr_api, inline_sends, refused_lists, ext_cqs, ex_single;
 static int nmrs;            /* -M: extra memory regions on A's PD */
+static int with_srq;        /* -s */
 static int with_ud;         /* -u */
+static struct ibv_srq *b_srq; /* -s: B's QPs share it */
+static uint8_t *srq_buf;      /* -s: its receive buffers, SRQ_SLOTS_PER_PAIR per pair */
+static struct ibv_mr *srq_mr;
+static unsigned srq_slots, srq_next;
 static struct ibv_mr **xmrs;
 static uint8_t *xbuf;
 #define XMR_SIZE 4096
@@ -452,6 +462,18 @@ static void post_refused_lists(struct pair *p)
 
 static void b_post_recv(struct pair *p, int count)
 {
+	if (b_srq) {
+		/* A pool of buffers in posting order: the SRQ hands its receives out in that order, and B
+		 * has at most 2 bursts' worth outstanding. */
+		for (int i = 0; i < count; i++, srq_next++) {
+			unsigned slot = srq_next % srq_slots;
+			struct ibv_sge sge = {.addr = (uintptr_t)(srq_buf + (size_t)slot * SLOT), .length = SLOT, .lkey = srq_mr->lkey};
+			struct ibv_recv_wr wr = {.wr_id = slot, .sg_list = &sge, .num_sge = 1}, *bad = NULL;
+			int rc = ibv_post_srq_recv(b_srq, &wr, &bad);
+			TP_CHECK(rc == 0, "ibv_post_srq_recv failed: %s", strerror(rc));
+		}
+		return;
+	}
 	for (int i = 0; i < count; i++, p->b_slot++)
 		tp_post_recv(&p->b, p->b_slot % (2 * BURST), p->b.buf + B_RECV_OFF + (p->b_slot % (2 * BURST)) * SLOT, SLOT);
 }
@@ -579,7 +601,7 @@ int main(int argc, char **argv)
 {
 	int bursts = 12, recoveries = 3, extra = 3, opt;
 	enum mode mode = PLANNED;
-	while ((opt = getopt(argc, argv, "m:n:k:q:M:x:twireu")) != -1) {
+	while ((opt = getopt(argc, argv, "m:n:k:q:M:x:twireus")) != -1) {
 		switch (opt) {
 		case 'm':
 			mode = (enum mode)-1;
@@ -599,13 +621,15 @@ int main(int argc, char **argv)
 		case 'i': inline_sends = 1; break;
 		case 'r': refused_lists = 1; break;
 		case 'u': with_ud = 1; break;
+		case 's': with_srq = 1; break;
 		default:
 			fprintf(stderr, "usage: recovery -m planned|fatal|rxe|rename|failrebuild|external [-n bursts] "
-					"[-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i] [-e] [-u]\n");
+					"[-k recoveries] [-q pairs] [-M mrs] [-x extra-bursts] [-t] [-w] [-i] [-e] [-u] [-s]\n");
 			return 2;
 		}
 	}
 	TP_CHECK(npairs >= 1 && npairs <= MAX_PAIRS, "-q %d: 1 to %d QP pairs", npairs, MAX_PAIRS);
+	TP_CHECK(!with_srq || (npairs <= 1024 && !refused_lists), "-s: at most 1024 pairs, and not with -r");
 	TP_CHECK(nmrs >= 0 && nmrs <= 100000, "-M %d: 0 to 100000 memory regions", nmrs);
 	tp_start("recovery", mode == EXTERNAL ? 900 : 90);
 	poll_seconds = tp_env_int("SVTEST_POLL_SECONDS", mode == EXTERNAL ? 120 : 10);
@@ -651,6 +675,17 @@ int main(int argc, char **argv)
 				.buf_size = BUF_SIZE, .ex = wr_api, .max_inline = wr_api || inline_sends ? SLOT : 0};
 	struct tp_qp_opts ob = {.type = IBV_QPT_RC, .max_send_wr = 16, .max_recv_wr = 16, .scq = b_scq, .rcq = b_rcq,
 				.buf_size = BUF_SIZE, .max_inline = SLOT};
+	if (with_srq) {
+		srq_slots = (unsigned)npairs * 2 * BURST;
+		struct ibv_srq_init_attr sa = {.attr = {.max_wr = srq_slots + 16, .max_sge = 1}};
+		b_srq = ibv_create_srq(db->pd, &sa);
+		TP_CHECK(b_srq, "ibv_create_srq failed: %s", strerror(errno));
+		srq_buf = aligned_alloc(4096, (size_t)srq_slots * SLOT);
+		TP_CHECK(srq_buf, "out of memory");
+		srq_mr = ibv_reg_mr(db->pd, srq_buf, (size_t)srq_slots * SLOT, IBV_ACCESS_LOCAL_WRITE);
+		TP_CHECK(srq_mr, "ibv_reg_mr failed: %s", strerror(errno));
+		ob.srq = b_srq;
+	}
 	for (int i = 0; i < npairs; i++) {
 		struct pair *p = &pairs[i];
 		tp_end_create(&p->a, &da, &oa);
@@ -676,8 +711,8 @@ int main(int argc, char **argv)
 	TP_CHECK(sv_qp_identity(pairs[0].a.qp, &v, &real_a0) == 0, "stableverbs_qp_identity failed");
 	char name0[64];
 	TP_CHECK(sv_real_name(da.ctx, name0, sizeof(name0)) == 0, "stableverbs_real_device_name failed");
-	printf("recovery: ready, %s%s%s%s%s, %d QP pair(s), %d more MR(s) on %s%s%s, pid %d\n", mode_names[mode],
-	       wr_api ? " (ibv_wr_*)" : "", inline_sends ? " (inline)" : "", ext_cqs ? " (extended CQs)" : "", with_ud ? " (UD)" : "", npairs, nmrs, da.name, db != &da ? " and " : "", db != &da ? db->name : "",
+	printf("recovery: ready, %s%s%s%s%s%s, %d QP pair(s), %d more MR(s) on %s%s%s, pid %d\n", mode_names[mode],
+	       wr_api ? " (ibv_wr_*)" : "", inline_sends ? " (inline)" : "", ext_cqs ? " (extended CQs)" : "", with_ud ? " (UD)" : "", with_srq ? " (SRQ)" : "", npairs, nmrs, da.name, db != &da ? " and " : "", db != &da ? db->name : "",
 	       (int)getpid());
 	if (mode == EXTERNAL) {
 		/* Where the `stableverbs` command reaches this process (include/stableverbs.h). */
@@ -814,7 +849,8 @@ int main(int argc, char **argv)
 				TP_CHECK(p, "B: wc.qp_num 0x%x is no virtual QPN of a B side (opcode %d, wr_id %llu, byte_len %u, %d of %d)",
 					 wc[k].qp_num, wc[k].opcode, (unsigned long long)wc[k].wr_id, wc[k].byte_len, k, n);
 				check(wc[k].opcode == IBV_WC_RECV, "B: opcode %d", wc[k].opcode);
-				struct msg *m = (struct msg *)(p->b.buf + B_RECV_OFF + wc[k].wr_id * SLOT);
+				struct msg *m = (struct msg *)(with_srq ? srq_buf + wc[k].wr_id * SLOT
+								: p->b.buf + B_RECV_OFF + wc[k].wr_id * SLOT);
 				uint32_t seed = m->seq ^ (uint32_t)(p - pairs) << 20;
 				if (tolerate && m->seq < p->expect_seq && p->expect_seq - m->seq <= BURST) {
 					/* A duplicate of a message in flight at a loss: it took a receive of its own. */

@@ -218,6 +218,39 @@ struct RecoveryTests {
         #expect(out.stderr.components(separatedBy: counted).count - 1 == 12, "\(mode): 4 pairs × 3 losses × \"\(counted)\": \(out)")
     }
 
+    /// B's QPs on one shared receive queue (-s; B finds each message's pair by wc.qp_num, its bytes
+    /// in whichever pool buffer the SRQ handed out). Every mode replays the SRQ's receives; with
+    /// lostacks the counts of QPs on an SRQ retire what B already had.
+    @Test("QPs on a shared receive queue recover", arguments: ["planned", "fatal", "rxe", "lostacks"])
+    func sharedReceiveQueue(mode: String) throws {
+        let out = try Harness.runProgram("recovery", ["-m", mode, "-s", "-q", "4", "-t"], setup: .ibOneDevice,
+                                         extraEnvironment: recoveryEnvironment)
+        #expect(out.line(startingWith: "recovery: ready, \(mode) (SRQ), 4 QP pair(s)") != nil, "\(out)")
+        #expect(out.status == 0 && !out.timedOut, "\(mode): \(out)")
+        #expect(out.line(startingWith: "recovery: \(mode), 192 messages, 3 recoveries, 1 devices, 0 errors") != nil, "\(out)")
+        #expect(out.line(startingWith: "recovery: duplicates of work in flight at a loss (-t): 0 SEND(s) received twice") != nil,
+                "\(mode): a SEND was delivered twice: \(out)")
+    }
+
+    /// lostrecvs with B's QPs on one SRQ: the receive completions died after A saw the messages
+    /// acknowledged, and which SRQ receive took which pair's message only the device knew. One QP
+    /// losing (-q 1): the SRQ's oldest not-done receives, in posting order. Several (-q 4, -q 16;
+    /// -i: A's inline SENDs scribbled on as soon as posted, -w -e: ibv_wr_* and extended CQs): the
+    /// order of the messages over those receives that fits the senders' payload hashes. Before,
+    /// nothing was remade: "B0: message 14, expected 12 (lost or duplicated)".
+    @Test("receive completions an SRQ lost with the device are remade",
+          arguments: [(["-q", "1"], 48), (["-q", "4"], 192), (["-q", "4", "-i"], 192), (["-q", "4", "-w", "-e"], 192),
+                      (["-q", "16"], 768)])
+    func srqLostReceives(options: [String], messages: Int) throws {
+        let out = try Harness.runProgram("recovery", ["-m", "lostrecvs", "-s", "-t"] + options, setup: .ethOneDevice,
+                                         extraEnvironment: recoveryEnvironment)
+        #expect(out.status == 0 && !out.timedOut, "\(options): \(out)")
+        #expect(out.line(startingWith: "recovery: lostrecvs, \(messages) messages, 3 recoveries, 1 devices, 0 errors") != nil, "\(out)")
+        #expect(!out.stderr.contains("not remade"), "\(options): \(out)")
+        let remade = out.stderr.components(separatedBy: "receive completion(s) remade from its SRQ").count - 1
+        #expect(remade >= 3, "\(options): one QP or more per loss remade its completions: \(out)")
+    }
+
     /// Lists the provider refuses part of (a WR with more SGEs than the QP holds, after one it
     /// took): EINVAL and bad_wr as natively, and the work rings keep what the provider took, so
     /// the queues stay replayable (they were marked incomplete for good, and the WR taken before

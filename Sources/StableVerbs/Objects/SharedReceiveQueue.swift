@@ -15,6 +15,9 @@ final class SRQRecord {
     let ex: ibv_srq_init_attr_ex?
     var journal = Journal()
     var asyncEvents = EventLedger()
+    /// A recovery's counts of the QPs on this SRQ, by QP (key), until its receives are remade
+    /// (Peers/SRQReceives.swift).
+    var counted: [UInt: SRQCount] = [:]
 
     init(ptr: UnsafeMutablePointer<sv_srq>, sequence: UInt64, context: ContextRecord, pd: PDRecord,
          attr: ibv_srq_attr, ex: ibv_srq_init_attr_ex?) {

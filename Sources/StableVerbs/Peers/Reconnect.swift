@@ -16,7 +16,7 @@
 // - receives: when the peer's `acked` is above our `seen`, the completions of that many receives
 //   died with our device after the data landed; they are made again (in order, from the peer's
 //   descriptions: opcode, length, immediate) so no message is lost and no receive consumed twice.
-//   On an SRQ the buffers those messages landed in are not known: not remade (logged).
+//   On an SRQ they are remade when only one of its QPs lost any (Peers/SRQReceives.swift).
 // Both ends moving at once: both send `moved`; the end with the lower (GID, QPN) wins — the other
 // answers its request as the responder (`collide` tells the lower end to wait for that).
 
@@ -50,8 +50,9 @@ struct PeerEndpoint {
         }
         for p in (m["msgs"] ?? "").split(separator: ",") {
             let f = p.split(separator: ":").compactMap { UInt64($0) }
-            guard f.count == 4 else { continue }
-            counts.messages[f[0]] = (UInt32(truncatingIfNeeded: f[1]), UInt32(truncatingIfNeeded: f[2]), UInt32(truncatingIfNeeded: f[3]))
+            guard f.count == 4 || f.count == 5 else { continue }
+            counts.messages[f[0]] = MessageDescription(opcode: UInt32(truncatingIfNeeded: f[1]), length: UInt32(truncatingIfNeeded: f[2]),
+                                                       imm: UInt32(truncatingIfNeeded: f[3]), hash: f.count == 5 ? f[4] : nil)
         }
     }
 }
@@ -60,8 +61,18 @@ struct PeerEndpoint {
 struct PeerCounts {
     var seen: UInt64?          // receives this end completed; nil: not known (not recorded)
     var acked: UInt64          // receive-consuming messages of its send queue known complete
-    /// The last acked ones still in its ring, by msgno: opcode, length, immediate.
-    var messages: [UInt64: (opcode: UInt32, length: UInt32, imm: UInt32)]
+    /// The last acked ones still in its ring, by msgno.
+    var messages: [UInt64: MessageDescription]
+}
+
+/// A receive-consuming message as its sender describes it.
+struct MessageDescription {
+    var opcode: UInt32
+    var length: UInt32
+    var imm: UInt32
+    /// A hash of its payload (payloadHash), where the sender could still read it: the bytes kept
+    /// for inline data, or the gathered buffers while their memory regions are registered.
+    var hash: UInt64?
 }
 
 /// The shim process that answers for a link's remote end: its host and service port.
@@ -106,7 +117,8 @@ extension Runtime {
         m["seen"] = counts.seen.map { String($0) } ?? "unknown"
         m["acked"] = String(counts.acked)
         m["msgs"] = counts.messages.sorted { $0.key > $1.key }
-            .map { "\($0.key):\($0.value.opcode):\($0.value.length):\($0.value.imm)" }.joined(separator: ",")
+            .map { "\($0.key):\($0.value.opcode):\($0.value.length):\($0.value.imm)\($0.value.hash.map { ":\($0)" } ?? "")" }
+            .joined(separator: ",")
         m["rkeys"] = c.mrs.values.map { "\($0.ptr.pointee.mr.rkey):\($0.ptr.pointee.real?.pointee.rkey ?? 0)" }.joined(separator: ",")
     }
 
@@ -135,7 +147,8 @@ extension Runtime {
                 guard sv_opcode_consumes(w.opcode) != 0 else { continue }
                 var len: UInt32 = e.pointee.inline_len
                 if len == 0 { for k in 0..<Int(max(0, w.num_sge)) { len &+= sv_ring_sges(e)[k].length } }
-                counts.messages[e.pointee.msgno] = (w.opcode.rawValue, len, w.imm_data)
+                counts.messages[e.pointee.msgno] = MessageDescription(opcode: w.opcode.rawValue, length: len, imm: w.imm_data,
+                                                                      hash: sentPayloadHash(e, r, q.context))
             }
         }
         return counts
@@ -229,38 +242,44 @@ extension Runtime {
             var seen = sv_ring_head(r)
             while seen < peer.acked, sv_ring_head(r) != sv_ring_tail(r), let cq {
                 let e = sv_ring_at(r, sv_ring_head(r))!
-                var wc = ibv_wc()
-                wc.wr_id = e.pointee.wr.recv.wr_id
-                wc.status = IBV_WC_SUCCESS
-                wc.qp_num = q.virtualQPN
-                wc.opcode = IBV_WC_RECV
-                if let d = peer.messages[seen] {
-                    wc.byte_len = d.length
-                    let op = ibv_wr_opcode(rawValue: d.opcode)
-                    if op == IBV_WR_RDMA_WRITE_WITH_IMM { wc.opcode = IBV_WC_RECV_RDMA_WITH_IMM }
-                    if op == IBV_WR_RDMA_WRITE_WITH_IMM || op == IBV_WR_SEND_WITH_IMM {
-                        wc.wc_flags = UInt32(IBV_WC_WITH_IMM.rawValue)
-                        wc.imm_data = d.imm
-                    }
-                } else {
-                    Log.warn("peer: \(label): message \(seen) delivered but not described by the peer: its length is reported as 0")
-                }
-                cq.pending.append(wc)
+                cq.pending.append(remadeReceive(e.pointee.wr.recv.wr_id, of: q, msgno: seen, peer.messages, label: label))
                 e.pointee.done = 1
                 sv_ring_settle(r)
                 seen += 1
                 remade += 1
             }
             cq?.publishPending()
-        } else if q.initAttr.srq != nil, let seen = receivedCount(of: q), peer.acked > seen {
-            // Which SRQ buffers the lost device filled for this QP is not known (the SRQ's QPs
-            // take its receives in an order only the device knew): not remade.
-            Log.warn("peer: \(label): \(peer.acked - seen) message(s) the peer saw acknowledged "
-                     + "landed in SRQ receives whose completions died with the device; they are not remade")
+        } else if let srq = q.initAttr.srq, let seen = receivedCount(of: q) {
+            // Which SRQ receives those messages took is known only once every QP on it is
+            // counted (Peers/SRQReceives.swift).
+            noteSRQCounts(srqRecord(srq), q, label: label, seen: seen, peer)
         }
         if skipped + remade > 0 {
             Log.info("peer: \(label): \(skipped) send(s) the peer already had retired, \(remade) receive completion(s) remade")
         }
+    }
+
+    /// The completion of a receive (`wrID`) that took `q`'s message `msgno`, made again: opcode,
+    /// length and immediate from the peer's descriptions of its last acked messages.
+    func remadeReceive(_ wrID: UInt64, of q: QPRecord, msgno: UInt64,
+                       _ messages: [UInt64: MessageDescription], label: String) -> ibv_wc {
+        var wc = ibv_wc()
+        wc.wr_id = wrID
+        wc.status = IBV_WC_SUCCESS
+        wc.qp_num = q.virtualQPN
+        wc.opcode = IBV_WC_RECV
+        if let d = messages[msgno] {
+            wc.byte_len = d.length
+            let op = ibv_wr_opcode(rawValue: d.opcode)
+            if op == IBV_WR_RDMA_WRITE_WITH_IMM { wc.opcode = IBV_WC_RECV_RDMA_WITH_IMM }
+            if op == IBV_WR_RDMA_WRITE_WITH_IMM || op == IBV_WR_SEND_WITH_IMM {
+                wc.wc_flags = UInt32(IBV_WC_WITH_IMM.rawValue)
+                wc.imm_data = d.imm
+            }
+        } else {
+            Log.warn("peer: \(label): message \(msgno) delivered but not described by the peer: its length is reported as 0")
+        }
+        return wc
     }
 
     // MARK: - The responder
@@ -351,6 +370,7 @@ extension Runtime {
             }
             // The held contexts never lost their hardware: re-post what the resets dropped on the
             // reconnected QPs and what was buffered on the others, then LIVE.
+            remakeSRQReceives(held, lostDevice: false)
             for c in held {
                 var n: UInt64 = 0
                 let mine = reset.filter { $0.context === c }

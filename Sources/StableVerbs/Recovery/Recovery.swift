@@ -858,6 +858,7 @@ extension Runtime {
         }
         let (received, receiveEnds): (UInt64, [UInt: UInt64]) = withControlLock {
             applyInProcessCounts(group)
+            remakeSRQReceives(group)
             return replayReceives(from: [:])
         }
         let u0 = monotonicNS()

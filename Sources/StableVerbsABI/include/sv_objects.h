@@ -345,6 +345,12 @@ static inline uint64_t sv_qp_recv_seen(struct sv_qp *q)
 {
 	return atomic_load_explicit(&q->recv_seen, memory_order_acquire);
 }
+/* Counts `n` receive completions of `q` made by the recovery (its pollers are out of the fast path). */
+static inline void sv_qp_add_recv_seen(struct sv_qp *q, uint64_t n)
+{
+	atomic_store_explicit(&q->recv_seen, atomic_load_explicit(&q->recv_seen, memory_order_relaxed) + n,
+			      memory_order_release);
+}
 
 static inline struct sv_context *sv_context_of(struct ibv_context *c)
 {
