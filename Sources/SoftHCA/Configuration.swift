@@ -117,16 +117,20 @@ extension SoftHCA {
         public var count: Int?
         public var skip: Int
         public var device: String?
+        /// The call that takes the fault also makes its device vanish (`.fatal`) before it fails
+        /// with `value` (EIO): a device lost again in the middle of a rebuild.
+        public var removesDevice: Bool
 
-        public init(entry: String, value: Int32, count: Int? = 1, skip: Int = 0, device: String? = nil) {
+        public init(entry: String, value: Int32, count: Int? = 1, skip: Int = 0, device: String? = nil, removesDevice: Bool = false) {
             self.entry = entry
             self.value = value
             self.count = count
             self.skip = skip
             self.device = device
+            self.removesDevice = removesDevice
         }
 
-        /// `ENTRY:VALUE[:COUNT[:SKIP[:DEVICE]]]`
+        /// `ENTRY:VALUE[:COUNT[:SKIP[:DEVICE]]]`; VALUE `gone`: the device vanishes in that call (EIO).
         public init(parsing text: String) throws(ConfigurationError) {
             let parts = text.split(separator: ":", omittingEmptySubsequences: false).map { String($0) }
             guard parts.count >= 2, parts.count <= 5, !parts[0].isEmpty else {
@@ -134,7 +138,8 @@ extension SoftHCA {
             }
             entry = parts[0]
             let statusEntry = entry == "completion_error"
-            guard let v = statusEntry ? parseStatus(parts[1]) : parseErrno(parts[1]) else {
+            removesDevice = !statusEntry && parts[1] == "gone"
+            guard let v = removesDevice ? EIO : statusEntry ? parseStatus(parts[1]) : parseErrno(parts[1]) else {
                 throw ConfigurationError("fail=\(text): unknown \(statusEntry ? "completion status" : "errno") '\(parts[1])'")
             }
             value = v
@@ -158,7 +163,7 @@ extension SoftHCA {
         }
 
         public var description: String {
-            var s = "\(entry):\(value):\(count.map(String.init) ?? "*")"
+            var s = "\(entry):\(removesDevice ? "gone" : String(value)):\(count.map(String.init) ?? "*")"
             if skip != 0 || device != nil { s += ":\(skip)" }
             if let device { s += ":\(device)" }
             return s

@@ -96,7 +96,35 @@ final class Fabric: @unchecked Sendable {
     }
 
     func fault(_ entry: String, device: Device?) -> Int32? {
-        faults.take(entry, device: device?.name)
+        guard let rule = faults.take(entry, device: device?.name) else { return nil }
+        if rule.removesDevice, let device, device.present { remove(device, .fatal) }
+        return rule.value
+    }
+
+    /// Makes a present device vanish (see `SoftHCA.Removal`).
+    func remove(_ d: Device, _ how: SoftHCA.Removal) {
+        d.present = false
+        let contexts = contexts.values.filter { $0.device === d }
+        switch how {
+        case .fatal, .fatalLosingCompletions:
+            if case .fatalLosingCompletions(let sends) = how {
+                for cq in cqs.values where cq.context.device === d { cq.lose(sends: sends) }
+            }
+            for c in contexts {
+                c.dead = true
+                c.post(IBV_EVENT_DEVICE_FATAL)
+            }
+            for qp in qps.values where qp.context.device === d { qp.enterError() }
+        case .waitForClose(let portEvent):
+            d.removalPending = !contexts.isEmpty
+            for p in d.ports where p.isActive {
+                p.state = IBV_PORT_DOWN
+                if portEvent { for c in contexts { c.postPortEvent(IBV_EVENT_PORT_ERR, port: p.number) } }
+            }
+            // Requesters elsewhere waiting on this device's QPs no longer get answers.
+            for qp in qps.values where qp.context.device === d { qp.failWaitingRequesters() }
+        }
+        lock.broadcast()
     }
 
     // MARK: routing

@@ -15,8 +15,8 @@ struct Faults {
     mutating func add(_ fault: SoftHCA.Fault) { rules.append(fault) }
     mutating func removeAll() { rules.removeAll() }
 
-    /// The value to fail this call of `entry` with, if a rule says so.
-    mutating func take(_ entry: String, device: String?) -> Int32? {
+    /// The rule this call of `entry` takes, if one says it fails.
+    mutating func take(_ entry: String, device: String?) -> SoftHCA.Fault? {
         let names = [entry] + (Faults.families[entry] ?? [])
         guard let i = rules.firstIndex(where: { rule in
             names.contains(rule.entry) && (rule.device == nil || rule.device == device)
@@ -25,10 +25,10 @@ struct Faults {
             rules[i].skip -= 1
             return nil
         }
-        let value = rules[i].value
-        if let c = rules[i].count {
+        let rule = rules[i]
+        if let c = rule.count {
             if c <= 1 { rules.remove(at: i) } else { rules[i].count = c - 1 }
         }
-        return value
+        return rule
     }
 }

@@ -53,6 +53,17 @@ public enum SoftHCA {
         inject(Fault(entry: "completion_error", value: Int32(status.rawValue), count: count, skip: skip, device: device))
     }
 
+    /// The call of `entry` after `skip` more (on `device` if given) makes its device vanish like
+    /// `removeDevice(_:.fatal)` and fails with EIO: the device lost again while a rebuild runs.
+    public static func removeDeviceIn(_ entry: String, skip: Int = 0, device: String? = nil) {
+        inject(Fault(entry: entry, value: EIO, count: 1, skip: skip, device: device, removesDevice: true))
+    }
+
+    /// Whether a device of that name is in `get_device_list` now.
+    public static func isPresent(_ name: String) -> Bool {
+        locked { fabric.devices.contains { $0.name == name && $0.present } }
+    }
+
     public static func clearFaults() {
         fabric.lock.with { fabric.faults.removeAll() }
     }
@@ -92,28 +103,7 @@ public enum SoftHCA {
     public static func removeDevice(_ name: String, _ how: Removal = .fatal) -> Bool {
         locked {
             guard let d = fabric.devices.first(where: { $0.name == name && $0.present }) else { return false }
-            d.present = false
-            let contexts = fabric.contexts.values.filter { $0.device === d }
-            switch how {
-            case .fatal, .fatalLosingCompletions:
-                if case .fatalLosingCompletions(let sends) = how {
-                    for cq in fabric.cqs.values where cq.context.device === d { cq.lose(sends: sends) }
-                }
-                for c in contexts {
-                    c.dead = true
-                    c.post(IBV_EVENT_DEVICE_FATAL)
-                }
-                for qp in fabric.qps.values where qp.context.device === d { qp.enterError() }
-            case .waitForClose(let portEvent):
-                d.removalPending = !contexts.isEmpty
-                for p in d.ports where p.isActive {
-                    p.state = IBV_PORT_DOWN
-                    if portEvent { for c in contexts { c.postPortEvent(IBV_EVENT_PORT_ERR, port: p.number) } }
-                }
-                // Requesters elsewhere waiting on this device's QPs no longer get answers.
-                for qp in fabric.qps.values where qp.context.device === d { qp.failWaitingRequesters() }
-            }
-            fabric.lock.broadcast()
+            fabric.remove(d, how)
             return true
         }
     }

@@ -45,6 +45,9 @@ extension SoftHCATests {
             SoftHCA.Fault(entry: "completion_error", value: Int32(IBV_WC_REM_ACCESS_ERR.rawValue)),
             SoftHCA.Fault(entry: "completion_error", value: Int32(IBV_WC_WR_FLUSH_ERR.rawValue), count: 1, skip: 0, device: "softhca1"),
         ])
+        let gone = try SoftHCA.Configuration(parsing: "fail=create_qp:gone:1:3")
+        #expect(gone.faults == [SoftHCA.Fault(entry: "create_qp", value: EIO, count: 1, skip: 3, removesDevice: true)])
+        #expect(gone.faults[0].description == "create_qp:gone:1:3")
     }
 
     @Test(arguments: [

@@ -12,11 +12,7 @@ extension SoftHCATests {
         let pd = h.pd()
         let cq = h.cq()
         SoftHCA.failNext("create_qp", errno: ENOMEM, count: 2, skip: 1)
-        var attr = ibv_qp_init_attr()
-        attr.send_cq = cq
-        attr.recv_cq = cq
-        attr.qp_type = IBV_QPT_RC
-        attr.cap = ibv_qp_cap(max_send_wr: 4, max_recv_wr: 4, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 0)
+        var attr = rcInitAttr(cq)
         #expect(h.L.create_qp!(pd, &attr) != nil, "the first call is skipped")
         errno = 0
         #expect(h.L.create_qp!(pd, &attr) == nil && errno == ENOMEM)
@@ -70,6 +66,26 @@ extension SoftHCATests {
         #expect(dev != h.devices[0], "a returning device is a new ibv_device")
         let fresh = try #require(h.L.open_device!(dev))
         #expect(h.L.alloc_pd!(fresh) != nil)
+    }
+
+    @Test func deviceGoneInTheMiddleOfACall() throws {
+        let h = Harness()
+        let pd = h.pd()
+        let cq = h.cq()
+        SoftHCA.removeDeviceIn("create_qp", skip: 1)
+        var attr = rcInitAttr(cq)
+        #expect(h.L.create_qp!(pd, &attr) != nil, "the first call is skipped")
+        #expect(SoftHCA.isPresent("softhca0"))
+        errno = 0
+        #expect(h.L.create_qp!(pd, &attr) == nil && errno == EIO)
+        #expect(!SoftHCA.isPresent("softhca0") && SoftHCA.isPresent("softhca1"), "that call's device vanished")
+        var event = try #require(asyncEvent(h.L, h.contexts[0]))
+        #expect(event.event_type == IBV_EVENT_DEVICE_FATAL)
+        h.L.ack_async_event!(&event)
+        errno = 0
+        #expect(h.L.alloc_pd!(h.contexts[0]) == nil && errno == EIO, "a dead device, as after removeDevice(.fatal)")
+        #expect(SoftHCA.pendingFaults.isEmpty)
+        #expect(SoftHCA.restoreDevice("softhca0"))
     }
 
     @Test func removalThatWaitsForClose() throws {
@@ -381,4 +397,14 @@ extension SoftHCATests {
         #expect(postRDMA(again.a, [again.bufA.sge(0, 4)], IBV_WR_RDMA_WRITE, remote: again.bufB.addr, rkey: again.bufB.rkey) == 0)
         #expect(pollOne(again.cqA)?.status == IBV_WC_SUCCESS)
     }
+}
+
+/// Creation attributes of a small RC QP on `cq`.
+private func rcInitAttr(_ cq: UnsafeMutablePointer<ibv_cq>?) -> ibv_qp_init_attr {
+    var attr = ibv_qp_init_attr()
+    attr.send_cq = cq
+    attr.recv_cq = cq
+    attr.qp_type = IBV_QPT_RC
+    attr.cap = ibv_qp_cap(max_send_wr: 4, max_recv_wr: 4, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 0)
+    return attr
 }

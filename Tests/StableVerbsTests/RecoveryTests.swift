@@ -271,6 +271,44 @@ struct RecoveryTests {
         #expect(out.stderr.contains("failed (errno 5); retrying"), "\(out)")
     }
 
+    /// The device vanishes again while the rebuild runs (the software HCA's `gone` fault: that call
+    /// makes its device vanish like mlx5 and fails with EIO), and comes back once more. Before the
+    /// commit (PD, MR, CQ, SRQ, QP made again) the rebuild is rolled back and retried when the
+    /// device is back; after it (a QP's transitions, address handles, the replay's posts) what the
+    /// device refused stays recorded and the next recovery replays it. No async event reaches the
+    /// application (QPs on an SRQ report their last WQE when the loss puts them in error: hidden).
+    @Test("the device gone again during the rebuild", arguments: [
+        ("create_qp", Setup.ibOneDevice), ("alloc_pd:0", .ethTwoDevices), ("reg_mr:1", .ibOneDevice),
+        ("create_cq:1", .ethTwoDevices), ("create_srq:0", .ibOneDevice), ("modify_qp:9", .ibOneDevice),
+        ("modify_qp:5", .ethTwoDevices), ("create_ah:0", .ibOneDevice), ("post_recv:0", .ethTwoDevices),
+        ("post_send:2", .ibOneDevice),
+    ])
+    func goneAgainDuringRebuild(entry: String, setup: Setup) throws {
+        var env = recoveryEnvironment
+        env["SVTEST_GONE_IN"] = entry
+        let out = try Harness.runProgram("recovery", ["-m", "regone", "-q", "4", "-s", "-u", "-t"], setup: setup, extraEnvironment: env)
+        let devices = setup.environment["SVTEST_TWO_DEVICES"] == "1" ? 2 : 1
+        #expect(out.status == 0 && !out.timedOut, "\(entry): \(out)")
+        #expect(out.line(startingWith: "recovery: regone, 240 messages, 3 recoveries, \(devices) devices, 0 errors") != nil, "\(entry): \(out)")
+        let beforeCommit = ["create_qp", "alloc_pd", "reg_mr", "create_cq", "create_srq"].contains { entry.hasPrefix($0) }
+        if beforeCommit {
+            #expect(out.stderr.contains("failed (errno 5); retrying"), "\(entry): \(out)")
+        } else {
+            #expect(out.stderr.contains("the device is gone again; they stay recorded for the next recovery"), "\(entry): \(out)")
+        }
+        #expect(!out.stderr.contains("those are lost"), "\(entry): \(out)")
+    }
+
+    /// A port's own events reach the application (held STABLEVERBS_EVENT_GRACE_MS), those of a loss
+    /// do not: a PORT_ERR read while the device was still listed, the device lost 50 ms later
+    /// (before, the application was shown it), and after the move PORT_ERR/PORT_ACTIVE again.
+    @Test("port events: the port's own shown, the loss's not", arguments: [Setup.ibOneDevice, .ethOneDevice])
+    func portEvents(setup: Setup) throws {
+        let out = try Harness.runProgram("portevents", setup: setup, extraEnvironment: recoveryEnvironment)
+        #expect(out.status == 0 && !out.timedOut, "\(out)")
+        #expect(out.line(startingWith: "portevents: 4 events shown, 0 errors") != nil, "\(out)")
+    }
+
     /// The device is lost and stays away past STABLEVERBS_LOSS_WAIT_MS: the application gets what
     /// a dead device gives natively (IBV_EVENT_DEVICE_FATAL, its outstanding work flushed in error,
     /// EIO), its teardown succeeds, and the dead context is not rebuilt when the device returns.

@@ -62,6 +62,10 @@ final class ContextRecord {
     var currentDeviceName = ""
     /// Every real object destroyed and the real context closed (RELEASED; `real` is stale).
     var released = false
+    /// Ports whose PORT_ERR the application was shown (and no PORT_ACTIVE since): PortEvents.swift.
+    var portsShownDown: Set<UInt8> = []
+    /// When the last recovery made the context LIVE again (monotonic ns; 0: never moved).
+    var movedAt: UInt64 = 0
     /// Released by stableverbs_detach: waits for stableverbs_attach (no automatic rebuild).
     var plannedHold = false
     /// The device did not come back within STABLEVERBS_LOSS_WAIT_MS (Recovery/DeviceGone.swift):

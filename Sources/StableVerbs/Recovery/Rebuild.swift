@@ -240,7 +240,12 @@ extension Runtime {
             let (made, peer) = makeRealAH(ah.pd.real, ah.attr)
             guard let n = made else {
                 failures += 1
-                Log.error("rebuild of \(ctx.device.name): an address handle could not be made again (errno \(currentErrno()))")
+                let e = currentErrno()
+                if e == EIO || e == ENODEV {
+                    Log.warn("rebuild of \(ctx.device.name): an address handle could not be made again (errno \(e)): the device is gone again; the next recovery makes it")
+                } else {
+                    Log.error("rebuild of \(ctx.device.name): an address handle could not be made again (errno \(e))")
+                }
                 continue
             }
             if !released { oldAH.append(ah.real) }

@@ -109,8 +109,16 @@ final class RecoveryState {
     var watcherStarted = false
     /// Wakes the watcher (eventfd).
     var wakeFD: Int32 = -1
-    /// Contexts an unplanned recovery must take (keys of sv_context).
-    var triggered: Set<UInt> = []
+    /// Contexts an unplanned recovery must take (keys of sv_context), each with the generation the
+    /// loss was seen at: a loss seen before a rebuild that has committed since (a post failing while
+    /// the recovery that answers it runs) needs no other recovery.
+    var triggered: [UInt: UInt32] = [:]
+    /// Port events waiting for their grace to end (PortEvents.swift).
+    var heldPortEvents: [HeldPortEvent] = []
+    /// How long a port event is held before the application sees it (STABLEVERBS_EVENT_GRACE_MS).
+    let eventGraceNS: UInt64
+    /// How long after a move the new device's GID/LID/P_Key/SM events are its settling (STABLEVERBS_SETTLE_MS).
+    let settleNS: UInt64
     /// Readable (never reset) once a recovery finished: threads waiting for a completion event on
     /// a channel poll it too, and re-poll the channel's (new) file. Replaced at every recovery.
     var epochFD: Int32 = -1
@@ -154,6 +162,8 @@ final class RecoveryState {
         matchWaitNS = number("STABLEVERBS_MATCH_WAIT_MS", 1000) * 1_000_000
         rescanNS = number("STABLEVERBS_RESCAN_MS", 500) * 1_000_000
         controlWaitNS = number("STABLEVERBS_CONTROL_WAIT_MS", 60_000) * 1_000_000
+        eventGraceNS = number("STABLEVERBS_EVENT_GRACE_MS", 300) * 1_000_000
+        settleNS = number("STABLEVERBS_SETTLE_MS", 10_000) * 1_000_000
         mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)
         epochFD = sv_eventfd(0, 0)
@@ -204,7 +214,7 @@ extension Runtime {
     func finishRecovery(_ rec: ContextRecord) {
         if rec.asyncFD >= 0 { Glibc.close(rec.asyncFD) }
         sv_qp_index_destroy(rec.ptr)
-        recovery.triggered.remove(key(rec.ptr))
+        recovery.triggered.removeValue(forKey: key(rec.ptr))
         wakeWatcher()
     }
 
@@ -273,16 +283,19 @@ extension Runtime {
         while true {
             var fds: [pollfd] = [pollfd(fd: recovery.wakeFD, events: Int16(POLLIN), revents: 0)]
             var owners: [UInt] = [0]
-            let pendingTriggers: Bool = withControlLock {
+            let (pendingTriggers, nextDue): (Bool, UInt64?) = withControlLock {
+                let nextDue = showDuePortEvents()
                 for c in orderedContexts() where !c.released {
                     let st = sv_ctx_state(c.ptr)
                     guard st == SV_CTX_LIVE.rawValue || st == SV_CTX_QUIESCING.rawValue else { continue }
                     fds.append(pollfd(fd: c.real.pointee.async_fd, events: Int16(POLLIN), revents: 0))
                     owners.append(key(c.ptr))
                 }
-                return !recovery.triggered.isEmpty
+                return (!recovery.triggered.isEmpty, nextDue)
             }
-            let timeoutMS = pendingTriggers ? 0 : Int32(max(1, recovery.rescanNS / 1_000_000))
+            var waitNS = recovery.rescanNS
+            if let nextDue { waitNS = min(waitNS, nextDue &- min(nextDue, monotonicNS())) }
+            let timeoutMS = pendingTriggers ? 0 : Int32(max(1, (waitNS + 999_999) / 1_000_000))
             _ = poll(&fds, nfds_t(fds.count), timeoutMS)
             if fds[0].revents != 0 { drainFD(recovery.wakeFD) }
             for i in 1..<fds.count where fds[i].revents != 0 {
@@ -301,12 +314,20 @@ extension Runtime {
     }
 
     /// Reads every queued real async event of `c` (non-blocking fd): forwards ordinary ones to the
-    /// application's queue, swallows (and acknowledges) those the recovery answers.
+    /// application's queue, swallows (and acknowledges) those the recovery answers: the loss itself,
+    /// and what the loss does to the objects once it is known (QPs on an SRQ entering the error
+    /// state report their last WQE; QPs, CQs, SRQs report errors): the recovery makes them again.
     private func readRealEvents(_ c: ContextRecord) {
         guard let get = ops.get_async_event else { return }
         while true {
             var e = ibv_async_event()
             if get(c.real, &e) != 0 { return }
+            let moving = recovery.triggered[key(c.ptr)] != nil || sv_ctx_state(c.ptr) != SV_CTX_LIVE.rawValue
+            if moving && (Runtime.consequencesOfLoss.contains(e.event_type) || EventKind(e.event_type) == .port) {
+                Log.debug("\(c.currentDeviceName): async event \(e.event_type.rawValue) of the loss (not shown to the application)")
+                ops.ack_async_event?(&e)
+                continue
+            }
             switch e.event_type {
             case IBV_EVENT_DEVICE_FATAL:
                 Log.info("\(c.currentDeviceName): IBV_EVENT_DEVICE_FATAL: unplanned recovery (not shown to the application)")
@@ -317,14 +338,20 @@ extension Runtime {
                 ops.ack_async_event?(&e)
                 trigger(c)
             default:
-                if sv_ctx_state(c.ptr) != SV_CTX_LIVE.rawValue && e.event_type == IBV_EVENT_PORT_ERR {
-                    ops.ack_async_event?(&e) // the shim is already moving this context
+                if EventKind(e.event_type) == .port {
+                    holdPortEvent(c, e)
                 } else {
                     queueForApplication(c, e)
                 }
             }
         }
     }
+
+    /// Async events a device's loss causes on its objects (hidden while the context is moving).
+    static let consequencesOfLoss: Set<ibv_event_type> = [
+        IBV_EVENT_QP_FATAL, IBV_EVENT_QP_REQ_ERR, IBV_EVENT_QP_ACCESS_ERR, IBV_EVENT_QP_LAST_WQE_REACHED,
+        IBV_EVENT_CQ_ERR, IBV_EVENT_SRQ_ERR, IBV_EVENT_PORT_ERR, IBV_EVENT_SQ_DRAINED,
+    ]
 
     /// Whether the real device under `c` is gone from a fresh device list.
     func deviceVanished(_ c: ContextRecord) -> Bool {
@@ -351,7 +378,8 @@ extension Runtime {
     func trigger(_ c: ContextRecord) {
         withControlLock {
             guard !c.plannedHold else { return }
-            recovery.triggered.insert(key(c.ptr))
+            let g = c.ptr.pointee.generation
+            recovery.triggered[key(c.ptr)] = max(g, recovery.triggered[key(c.ptr)] ?? g)
         }
         wakeWatcher()
     }
@@ -366,7 +394,14 @@ extension Runtime {
 
     private func runTriggeredRecoveries() {
         let seeds: [ContextRecord] = withControlLock {
-            let s = recovery.triggered.compactMap { contexts[$0] }
+            let s = recovery.triggered.compactMap { k, generation -> ContextRecord? in
+                guard let c = contexts[k] else { return nil }
+                if c.ptr.pointee.generation != generation {
+                    Log.info("\(c.currentDeviceName): the loss seen at generation \(generation) was recovered meanwhile (generation \(c.ptr.pointee.generation) now)")
+                    return nil
+                }
+                return c
+            }
             recovery.triggered.removeAll()
             return s
         }
@@ -875,6 +910,7 @@ extension Runtime {
             }
             for c in group {
                 for cq in c.cqs.values where cq.channel != nil && !cq.pending.isEmpty { cq.owedEvent = true }
+                c.movedAt = monotonicNS()
                 sv_ctx_set_state(c.ptr, SV_CTX_LIVE.rawValue)
             }
             recovery.bufferedFrom.removeAll() // one recovery at a time: every ring replayed is live again
@@ -938,7 +974,7 @@ extension Runtime {
             Log.warn("replay: QP \(hex(q.pointee.qpx.qp_base.qp_num)) posted more than its work ring holds; some of its work in flight was not recorded and is not replayed")
         }
         let (n, rc, _) = postRingSends(r, q, from: from)
-        if rc != 0 { Log.error("replay: re-posting \(n) send(s) failed (errno \(rc)); those are lost") }
+        if rc != 0 { logReplayFailure(n, "send(s)", rc) }
         return n
     }
 
@@ -977,6 +1013,17 @@ extension Runtime {
         return (n, rc, j)
     }
 
+    /// A re-post the provider refused leaves its requests in the ring, not done. A device gone
+    /// again (EIO, ENODEV: it also sent IBV_EVENT_DEVICE_FATAL or left the list) starts the next
+    /// recovery, whose replay posts them; any other refusal leaves them without a completion.
+    private func logReplayFailure(_ n: UInt64, _ what: String, _ rc: Int32) {
+        if rc == EIO || rc == ENODEV {
+            Log.warn("replay: re-posting \(n) \(what) failed (errno \(rc)): the device is gone again; they stay recorded for the next recovery")
+        } else {
+            Log.error("replay: re-posting \(n) \(what) failed (errno \(rc)); those are lost")
+        }
+    }
+
     func replayRecv(_ r: UnsafeMutablePointer<sv_wr_ring>, _ object: UnsafeMutableRawPointer, isSRQ: Bool, from: UInt64 = 0) -> UInt64 {
         let head = sv_ring_head(r), tail = sv_ring_tail(r)
         var n: UInt64 = 0
@@ -996,7 +1043,7 @@ extension Runtime {
         guard let first else { return 0 }
         var bad: UnsafeMutablePointer<ibv_recv_wr>? = nil
         let rc = svPostRecvTranslated(object, isSRQ, first, &bad)
-        if rc != 0 { Log.error("replay: re-posting \(n) receive(s) failed (errno \(rc)); those are lost") }
+        if rc != 0 { logReplayFailure(n, "receive(s)", rc) }
         return n
     }
 
@@ -1228,6 +1275,11 @@ extension Runtime {
         case .wq, .port, .device:
             break
         }
+        deliverToApplication(c, e)
+    }
+
+    /// Queues an acknowledged, translated event for the application and wakes its readers (control lock).
+    func deliverToApplication(_ c: ContextRecord, _ e: ibv_async_event) {
         c.asyncQueue.append(e)
         if c.asyncFD >= 0 { signalFD(c.asyncFD) }
         Log.info("async event \(e.event_type.rawValue) on \(c.currentDeviceName)")

@@ -61,6 +61,11 @@ extension StableVerbs {
 //   int stableverbs_softhca_restore_device(const char *name, const char *new_name_or_null, int new_identity);
 //   int stableverbs_softhca_removal_pending(const char *name);   1 while an rxe-like removal waits
 //   int stableverbs_softhca_fail(const char *entry, int err, int count, int skip);
+//   int stableverbs_softhca_gone_in(const char *entry, int skip);  the call of entry after skip
+//         more makes its device vanish (mode 0) and fails with EIO
+//   int stableverbs_softhca_present(const char *name);   1 while the device is in the list
+//   int stableverbs_softhca_set_port(const char *name, int port, int active);  the port goes down
+//         (PORT_ERR on every open context) or up (PORT_ACTIVE), the device staying
 
 private func softHCAActive() -> Bool {
     let rt = Runtime.current
@@ -101,4 +106,25 @@ public func sv_softhca_fail(_ entry: UnsafePointer<CChar>?, _ err: Int32, _ coun
     guard let entry else { return EINVAL }
     SoftHCA.failNext(String(cString: entry), errno: err, count: count <= 0 ? nil : Int(count), skip: Int(max(0, skip)))
     return 0
+}
+
+@_cdecl("stableverbs_softhca_gone_in")
+public func sv_softhca_gone_in(_ entry: UnsafePointer<CChar>?, _ skip: Int32) -> Int32 {
+    guard softHCAActive() else { return ENOTSUP }
+    guard let entry else { return EINVAL }
+    SoftHCA.removeDeviceIn(String(cString: entry), skip: Int(max(0, skip)))
+    return 0
+}
+
+@_cdecl("stableverbs_softhca_present")
+public func sv_softhca_present(_ name: UnsafePointer<CChar>?) -> Int32 {
+    guard softHCAActive(), let name else { return 0 }
+    return SoftHCA.isPresent(String(cString: name)) ? 1 : 0
+}
+
+@_cdecl("stableverbs_softhca_set_port")
+public func sv_softhca_set_port(_ name: UnsafePointer<CChar>?, _ port: Int32, _ active: Int32) -> Int32 {
+    guard softHCAActive() else { return ENOTSUP }
+    guard let name, port >= 1, port <= 255 else { return EINVAL }
+    return SoftHCA.setPort(String(cString: name), port: UInt8(port), active: active != 0) ? 0 : ENODEV
 }

@@ -86,6 +86,7 @@ struct Configuration: Sendable {
         // recovery (Recovery/Recovery.swift, HardwareGate.swift)
         "STABLEVERBS_MATCH", "STABLEVERBS_MATCH_WAIT_MS", "STABLEVERBS_QUIESCE_MS", "STABLEVERBS_GRACE_US",
         "STABLEVERBS_DEVICE_WAIT_MS", "STABLEVERBS_LOSS_WAIT_MS", "STABLEVERBS_RESCAN_MS", "STABLEVERBS_CONTROL_WAIT_MS",
+        "STABLEVERBS_EVENT_GRACE_MS", "STABLEVERBS_SETTLE_MS",
         // the control socket's directory (StableVerbsControl/RuntimeDirectory.swift)
         "STABLEVERBS_RUNTIME_DIR",
         // the peer protocol (Peers/PeerLinks.swift)
