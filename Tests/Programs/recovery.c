@@ -21,7 +21,8 @@
  *               process to close it — the shim's release lets it complete) and comes back
  *   rename      fatal, and it comes back under another name with new GUID/LIDs/GIDs
  *               (run with STABLEVERBS_MATCH=any)
- *   failrebuild fatal, and the first create_qp of the rebuild fails with EIO (retried)
+ *   failrebuild fatal, and the first create_qp of the rebuild fails with EIO (retried); with
+ *               SVTEST_FAIL_IN=ENTRY:ERRNO that entry, with that errno number
  *   regone      fatal, and the device vanishes again in the middle of the rebuild (fatal, in the
  *               call SVTEST_GONE_IN=ENTRY[:SKIP] names; default create_qp after half of them) and
  *               comes back once more
@@ -600,6 +601,20 @@ static void ud_check_burst(struct ibv_wc *wc)
 	}
 }
 
+/* ENTRY[:N] from the environment variable `var`, if set: entry and *n replaced (N only if given). */
+static void fault_spec(const char *var, char *entry, size_t len, int *n)
+{
+	const char *spec = getenv(var);
+	if (!spec || !*spec)
+		return;
+	snprintf(entry, len, "%s", spec);
+	char *colon = strchr(entry, ':');
+	if (colon) {
+		*colon = 0;
+		*n = atoi(colon + 1);
+	}
+}
+
 /* Fails for every async event queued on ctx (read non-blocking). */
 static void no_async_events(struct ibv_context *ctx, const char *side)
 {
@@ -834,8 +849,12 @@ int main(int argc, char **argv)
 			const char *dev = da.name;
 			int rc = sh_remove(dev, mode == RXE ? 1 : mode == LOSTACKS ? 3 : mode == LOSTRECVS ? 4 : 0);
 			TP_CHECK(rc == 0, "removing %s failed: %s", dev, strerror(rc));
-			if (mode == FAILREBUILD)
-				TP_CHECK(sh_fail("create_qp", EIO, 1, 0) == 0, "fault injection failed");
+			if (mode == FAILREBUILD) {
+				char entry[64] = "create_qp";
+				int err = EIO;
+				fault_spec("SVTEST_FAIL_IN", entry, sizeof(entry), &err);
+				TP_CHECK(sh_fail(entry, err, 1, 0) == 0, "fault injection failed");
+			}
 			if (mode == RXE) {
 				/* The removal waits for the process to let go: the shim's release does. */
 				double deadline = tp_now() + 10;
@@ -856,15 +875,7 @@ int main(int argc, char **argv)
 				 * default the create_qp after half of the rebuild's QPs. */
 				char entry[64] = "create_qp";
 				int skip = ndev == 1 ? npairs : npairs / 2;
-				const char *spec = getenv("SVTEST_GONE_IN");
-				if (spec && *spec) {
-					snprintf(entry, sizeof(entry), "%s", spec);
-					char *colon = strchr(entry, ':');
-					if (colon) {
-						*colon = 0;
-						skip = atoi(colon + 1);
-					}
-				}
+				fault_spec("SVTEST_GONE_IN", entry, sizeof(entry), &skip);
 				TP_CHECK(sh_gone_in(entry, skip) == 0, "fault injection failed");
 			}
 			char newname[64];

@@ -271,12 +271,30 @@ struct RecoveryTests {
         #expect(out.stderr.contains("failed (errno 5); retrying"), "\(out)")
     }
 
+    /// An address handle of the context not made again after the commit (create_ah → ENOMEM, the
+    /// device fine): the context is released and rebuilt again before anything is replayed (before,
+    /// it went LIVE with that AH still pointing at the destroyed real one of the old device).
+    @Test("an address handle not made again: released and rebuilt again", arguments: [Setup.ibOneDevice, .ethTwoDevices])
+    func addressHandleNotMadeAgain(setup: Setup) throws {
+        var env = recoveryEnvironment
+        env["SVTEST_FAIL_IN"] = "create_ah:\(ENOMEM)"
+        let out = try Harness.runProgram("recovery", ["-m", "failrebuild", "-q", "2", "-u", "-t"], setup: setup, extraEnvironment: env)
+        let devices = setup.environment["SVTEST_TWO_DEVICES"] == "1" ? 2 : 1
+        #expect(out.status == 0 && !out.timedOut, "\(out)")
+        #expect(out.line(startingWith: "recovery: failrebuild, 144 messages, 3 recoveries, \(devices) devices, 0 errors") != nil, "\(out)")
+        #expect(out.stderr.contains("1 address handle(s) missing"), "\(out)")
+        #expect(out.stderr.contains("released, rebuilding again"), "\(out)")
+    }
+
     /// The device vanishes again while the rebuild runs (the software HCA's `gone` fault: that call
     /// makes its device vanish like mlx5 and fails with EIO), and comes back once more. Before the
     /// commit (PD, MR, CQ, SRQ, QP made again) the rebuild is rolled back and retried when the
-    /// device is back; after it (a QP's transitions, address handles, the replay's posts) what the
-    /// device refused stays recorded and the next recovery replays it. No async event reaches the
-    /// application (QPs on an SRQ report their last WQE when the loss puts them in error: hidden).
+    /// device is back; after it, before the replay (a QP's transitions, address handles) the
+    /// context is released again and rebuilt when the device is back (before, it went LIVE on the
+    /// dead device, an address handle not made again left pointing at a destroyed one); during the
+    /// replay (its posts) what the device refused stays recorded and the next recovery replays it.
+    /// No async event reaches the application (QPs on an SRQ report their last WQE when the loss
+    /// puts them in error: hidden).
     @Test("the device gone again during the rebuild", arguments: [
         ("create_qp", Setup.ibOneDevice), ("alloc_pd:0", .ethTwoDevices), ("reg_mr:1", .ibOneDevice),
         ("create_cq:1", .ethTwoDevices), ("create_srq:0", .ibOneDevice), ("modify_qp:9", .ibOneDevice),
@@ -290,9 +308,11 @@ struct RecoveryTests {
         let devices = setup.environment["SVTEST_TWO_DEVICES"] == "1" ? 2 : 1
         #expect(out.status == 0 && !out.timedOut, "\(entry): \(out)")
         #expect(out.line(startingWith: "recovery: regone, 240 messages, 3 recoveries, \(devices) devices, 0 errors") != nil, "\(entry): \(out)")
-        let beforeCommit = ["create_qp", "alloc_pd", "reg_mr", "create_cq", "create_srq"].contains { entry.hasPrefix($0) }
-        if beforeCommit {
+        if ["create_qp", "alloc_pd", "reg_mr", "create_cq", "create_srq"].contains(where: { entry.hasPrefix($0) }) {
             #expect(out.stderr.contains("failed (errno 5); retrying"), "\(entry): \(out)")
+        } else if ["modify_qp", "create_ah"].contains(where: { entry.hasPrefix($0) }) {
+            #expect(out.stderr.contains("released, rebuilding again"), "\(entry): \(out)")
+            #expect(!out.stderr.contains("they stay recorded for the next recovery"), "\(entry): replayed on a dead device: \(out)")
         } else {
             #expect(out.stderr.contains("the device is gone again; they stay recorded for the next recovery"), "\(entry): \(out)")
         }

@@ -236,16 +236,16 @@ extension Runtime {
 
         // 5. Address handles.
         var oldAH: [UnsafeMutablePointer<ibv_ah>] = []
+        var ownAHFailures = 0
         for ah in ahs {
             let (made, peer) = makeRealAH(ah.pd.real, ah.attr)
             guard let n = made else {
                 failures += 1
-                let e = currentErrno()
-                if e == EIO || e == ENODEV {
-                    Log.warn("rebuild of \(ctx.device.name): an address handle could not be made again (errno \(e)): the device is gone again; the next recovery makes it")
-                } else {
-                    Log.error("rebuild of \(ctx.device.name): an address handle could not be made again (errno \(e))")
-                }
+                ownAHFailures += 1
+                Log.error("rebuild of \(ctx.device.name): an address handle could not be made again (errno \(currentErrno()))")
+                // A released context's old real AH is gone: nothing may use or destroy it again
+                // (the context is released again below).
+                if released { ah.ptr.pointee.real = nil }
                 continue
             }
             if !released { oldAH.append(ah.real) }
@@ -292,6 +292,14 @@ extension Runtime {
         for cq in cqs where cq.channel != nil {
             let real = cq.real
             _ = real.pointee.context?.pointee.ops.req_notify_cq?(real, 0)
+        }
+        // A released context whose rebuild failed after the commit because the device went away
+        // again (a QP's transitions, an address handle), or that lacks an address handle (its
+        // work could not be posted): ENODEV, and the caller releases it and waits for the device
+        // again (nothing was replayed on this one yet).
+        if released && (ownAHFailures > 0 || failures > 0 && deviceVanished(ctx)) {
+            Log.warn("rebuild of \(ctx.device.name) on \(ctx.currentDeviceName): \(failures) failure(s) after the commit\(ownAHFailures > 0 ? ", \(ownAHFailures) address handle(s) missing" : ", the device is gone again")")
+            return ENODEV
         }
         sv_ctx_set_state(ctx.ptr, finalState)
         Log.info("rebuilt \(ctx.device.name)\(ctx.currentDeviceName != ctx.device.name ? " on \(ctx.currentDeviceName)" : ""): generation \(ctx.generation), \(pds.count) PD, \(mrs.count) MR, \(cqs.count) CQ, \(srqs.count) SRQ, \(qps.count) QP, \(ahs.count) AH\(failures > 0 ? ", \(failures) replay failure(s)" : "")")

@@ -714,7 +714,9 @@ extension Runtime {
     }
 
     private func releaseContext(_ c: ContextRecord) {
-        for ah in c.ahs.values { _ = ops.destroy_ah?(ah.real) }
+        for ah in c.ahs.values {
+            if let real = ah.ptr.pointee.real { _ = ops.destroy_ah?(real) }  // nil: not made again (Rebuild.swift)
+        }
         for qp in c.nextOrder(c.qps, { $0.sequence }).reversed() {
             sv_qp_index_remove(c.ptr, qp.ptr.pointee.real_qpn)
             let owed = qp.asyncEvents.settleForRebuild()
@@ -844,6 +846,12 @@ extension Runtime {
                 attempts += 1
                 if !committed {
                     Log.warn("recovery: rebuilding \(c.device.name) failed (errno \(rc)); retrying")
+                    next.append(c)
+                } else if rc == ENODEV {
+                    // Committed on a device that went away again: nothing was replayed on it yet.
+                    Log.warn("recovery: \(c.device.name) cannot go on on this device (gone again, or an address handle missing); released, rebuilding again")
+                    release([c])
+                    withControlLock { sv_ctx_set_state(c.ptr, SV_CTX_RELEASED.rawValue) }
                     next.append(c)
                 }
             }
