@@ -16,7 +16,8 @@
 // - receives: when the peer's `acked` is above our `seen`, the completions of that many receives
 //   died with our device after the data landed; they are made again (in order, from the peer's
 //   descriptions: opcode, length, immediate) so no message is lost and no receive consumed twice.
-//   On an SRQ they are remade when only one of its QPs lost any (Peers/SRQReceives.swift).
+//   On an SRQ they are remade once every QP on it is counted: in posting order when one QP lost
+//   any, else in the order the senders' payload hashes fit (Peers/SRQReceives.swift).
 // Both ends moving at once: both send `moved`; the end with the lower (GID, QPN) wins — the other
 // answers its request as the responder (`collide` tells the lower end to wait for that).
 

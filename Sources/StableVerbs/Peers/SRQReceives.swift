@@ -105,7 +105,7 @@ extension Runtime {
                 if uncounted.isEmpty {
                     let slots = notDoneEntries(r, count: Int(losing.reduce(0) { $0 + $1.lost }))
                     if let order = srqOrder(slots, losing, c) {
-                        remake(slots, order, losing)
+                        remake(slots, order, losing, ring: r)
                         continue
                     }
                     why = losing.count == 1 ? "the SRQ handed out fewer receives"
@@ -148,7 +148,8 @@ extension Runtime {
     }
 
     /// Makes the completions: slot k's receive took the next lost message of `losing[order[k]]`.
-    private func remake(_ slots: [UnsafeMutablePointer<sv_ring_entry>], _ order: [Int], _ losing: [SRQCount]) {
+    private func remake(_ slots: [UnsafeMutablePointer<sv_ring_entry>], _ order: [Int], _ losing: [SRQCount],
+                        ring r: UnsafeMutablePointer<sv_wr_ring>) {
         var made = [UInt64](repeating: 0, count: losing.count)
         var touched: [CQRecord] = []
         for (e, i) in zip(slots, order) {
@@ -164,7 +165,7 @@ extension Runtime {
             sv_qp_add_recv_seen(loss.qp.ptr, n)
             Log.info("peer: \(loss.label): \(n) receive completion(s) remade from its SRQ")
         }
-        if let r = losing.first?.qp.ptr.pointee.recv_ring { sv_ring_settle(r) }
+        sv_ring_settle(r)
     }
 
     // MARK: - Payloads

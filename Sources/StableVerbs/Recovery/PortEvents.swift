@@ -27,9 +27,8 @@ struct HeldPortEvent {
 
 extension Runtime {
     /// Port events of a device that has just come up under a moved context.
-    static let settlingEvents: Set<UInt32> = [
-        IBV_EVENT_GID_CHANGE.rawValue, IBV_EVENT_LID_CHANGE.rawValue, IBV_EVENT_PKEY_CHANGE.rawValue,
-        IBV_EVENT_SM_CHANGE.rawValue, IBV_EVENT_CLIENT_REREGISTER.rawValue,
+    static let settlingEvents: Set<ibv_event_type> = [
+        IBV_EVENT_GID_CHANGE, IBV_EVENT_LID_CHANGE, IBV_EVENT_PKEY_CHANGE, IBV_EVENT_SM_CHANGE, IBV_EVENT_CLIENT_REREGISTER,
     ]
 
     /// A port event read from `c`'s device while it is LIVE (control lock): acknowledged, then held
@@ -44,7 +43,7 @@ extension Runtime {
                 Log.debug("\(c.currentDeviceName): port \(port) active after the move (its loss was not shown): not shown")
                 return
             }
-            if Runtime.settlingEvents.contains(type.rawValue) && monotonicNS() &- c.movedAt < recovery.settleNS {
+            if Runtime.settlingEvents.contains(type) && monotonicNS() &- c.movedAt < recovery.settleNS {
                 Log.debug("\(c.currentDeviceName): async event \(type.rawValue) of the device settling after the move: not shown")
                 return
             }
@@ -67,8 +66,7 @@ extension Runtime {
                 continue
             }
             guard let c = contexts[h.context], !c.released else { continue }
-            let moving = recovery.triggered[h.context] != nil || sv_ctx_state(c.ptr) != SV_CTX_LIVE.rawValue
-                || c.ptr.pointee.generation != h.generation
+            let moving = isMoving(c) || c.ptr.pointee.generation != h.generation
             if moving || deviceVanished(c) {
                 Log.debug("\(c.currentDeviceName): async event \(h.event.event_type.rawValue) came with the device's loss: not shown")
                 if !moving { trigger(c) }

@@ -322,8 +322,7 @@ extension Runtime {
         while true {
             var e = ibv_async_event()
             if get(c.real, &e) != 0 { return }
-            let moving = recovery.triggered[key(c.ptr)] != nil || sv_ctx_state(c.ptr) != SV_CTX_LIVE.rawValue
-            if moving && (Runtime.consequencesOfLoss.contains(e.event_type) || EventKind(e.event_type) == .port) {
+            if isMoving(c) && (Runtime.consequencesOfLoss.contains(e.event_type) || EventKind(e.event_type) == .port) {
                 Log.debug("\(c.currentDeviceName): async event \(e.event_type.rawValue) of the loss (not shown to the application)")
                 ops.ack_async_event?(&e)
                 continue
@@ -347,11 +346,17 @@ extension Runtime {
         }
     }
 
-    /// Async events a device's loss causes on its objects (hidden while the context is moving).
+    /// Async events a device's loss causes on its objects (hidden while the context is moving, as
+    /// every port event is).
     static let consequencesOfLoss: Set<ibv_event_type> = [
         IBV_EVENT_QP_FATAL, IBV_EVENT_QP_REQ_ERR, IBV_EVENT_QP_ACCESS_ERR, IBV_EVENT_QP_LAST_WQE_REACHED,
-        IBV_EVENT_CQ_ERR, IBV_EVENT_SRQ_ERR, IBV_EVENT_PORT_ERR, IBV_EVENT_SQ_DRAINED,
+        IBV_EVENT_CQ_ERR, IBV_EVENT_SRQ_ERR, IBV_EVENT_SQ_DRAINED,
     ]
+
+    /// Whether `c` is being moved: a recovery is triggered for it, or it is not LIVE (control lock).
+    func isMoving(_ c: ContextRecord) -> Bool {
+        recovery.triggered[key(c.ptr)] != nil || sv_ctx_state(c.ptr) != SV_CTX_LIVE.rawValue
+    }
 
     /// Whether the real device under `c` is gone from a fresh device list.
     func deviceVanished(_ c: ContextRecord) -> Bool {
