@@ -115,6 +115,28 @@ extension LabTests {
         }
     }
 
+    /// ibv_ud_pingpong across two guests while the client guest's NIC is replaced by one with
+    /// another IP address, and later by one with its own address again: every GID of its device
+    /// changes with each move. The server's shim must send its pongs to the new GID (the real
+    /// address handle made again behind the application's) and believe the claim only with the
+    /// client shim's proof (its commitment came with the `ud-pausing` sent from the old address).
+    /// With the previous library the server's shim refused the claim (it came from the new address)
+    /// and held its pongs until the client came back to its old address; after the third move it
+    /// sent them to the old GID, and both programs hung until killed (2026-12-02, 300 s).
+    @Test("peer protocol: ibv_ud_pingpong while the client's NIC is replaced by one with another IP address",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
+    func peerUDRenumbered() async throws {
+        // An odd count ends with the client away from its own address (with an even one, the
+        // previous library's held pongs went out once the client was back at its old address).
+        let k = losses.map { min($0, 3) } ?? 3
+        let lines = try await twoGuest("ibv_ud_pingpong", iterations: iterations("ibv_ud_pingpong", losses: k), losses: k, how: "renumber")
+        let server = lines.filter { $0.text.hasPrefix("server: ") }.map(\.text)
+        let remade = server.filter { $0.contains("GID(s) of a UD peer moved: 1 address handle(s) made towards the new address") }
+        #expect(remade.count == k, "the server's shim made its address handle towards the client's new GID \(remade.count) time(s), expected \(k)")
+        let refused = lines.filter { $0.text.contains("was refused") }
+        #expect(refused.isEmpty, "\(refused)")
+    }
+
     @Test("peer protocol: both ends in one guest move at once (ibv_rc_pingpong, ibv_srq_pingpong)",
           .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)),
           arguments: ["ibv_rc_pingpong", "ibv_srq_pingpong"])

@@ -154,7 +154,11 @@ struct RecoveryTests {
     /// A UD sender in another process that moved: the peer protocol's `ud-moved` claim tells this
     /// process's shim the sender's new real QPN, and a receive from it shows the virtual one
     /// (udclaim.c plays both processes: it sends the claim to its own shim over loopback). With the
-    /// previous library the claim changed nothing (src_qp stayed the real QPN).
+    /// previous library the claim changed nothing (src_qp stayed the real QPN). Then a peer whose GID
+    /// changed with its move: sends through an address handle towards its old GID reach the new
+    /// one, receives from the new one show the old one, and the claim needs the secret behind the
+    /// commitment its owner gave (the previous library took any such claim from the GID's host and
+    /// kept sending to the old GID).
     @Test("a UD peer's ud-moved claim: a receive from it shows its virtual QPN", arguments: Setup.all)
     func udClaim(setup: Setup) throws {
         let port = 19_000 + (Setup.all.firstIndex { $0.name == setup.name } ?? 0)
@@ -163,6 +167,12 @@ struct RecoveryTests {
         #expect(out.status == 0 && !out.timedOut, "\(out)")
         #expect(out.line(startingWith: "udclaim: 0 errors") != nil, "\(out)")
         #expect(out.line(startingWith: "udclaim: a claim naming no GID: denied") != nil, "\(out)")
+        // A peer whose GID changed: believed only with the secret behind its commitment.
+        for line in ["X moved, no commitment for X: denied", "X moved, a wrong proof: denied", "X moved, its proof: noted",
+                     "the receive from UB shows source GID X", "X moved back, the used proof again: denied",
+                     "X moved back, the next proof: noted"] {
+            #expect(out.line(startingWith: "udclaim: " + line) != nil, "\(line)\n\(out)")
+        }
     }
 
     /// 16 QP pairs on shared CQs, per-pair sequence numbers, the bursts spread over all of them.

@@ -129,7 +129,7 @@ extension Runtime {
 
     /// The first UD identity of the process that moved (a UD QP's real QPN, a GID): the table is
     /// published, then every context polls through it. Control lock.
-    private func noteUDSendersMoved() {
+    func noteUDSendersMoved() {
         guard !udSendersMoved else { return }
         udSendersMoved = true
         publishUDSenders()
@@ -174,16 +174,17 @@ extension Runtime {
     /// moved). A context's GID that did not change and has no map is left out. Control lock.
     func publishUDSenders() {
         guard udSendersMoved else { return }
-        var entries: [(real: ibv_gid, virtual: ibv_gid, map: UnsafeMutablePointer<sv_idmap>?)] = []
+        var entries: [(real: ibv_gid, virtual: ibv_gid, map: UnsafeMutablePointer<sv_idmap>?, remote: Bool)] = []
         for c in contexts.values.sorted(by: { $0.sequence < $1.sequence }) where !c.failed {
             for p in c.ports {
                 for pair in p.gids.values where !isZeroGID(pair.real) {
-                    if c.senderUp != nil || !sameGID(pair.real, pair.virtual) { entries.append((pair.real, pair.virtual, c.senderUp)) }
+                    if c.senderUp != nil || !sameGID(pair.real, pair.virtual) { entries.append((pair.real, pair.virtual, c.senderUp, false)) }
                 }
             }
         }
+        // A UD peer that moved to another GID sends from that one (Peers/UDAddresses.swift).
         for (k, m) in peers.udSenderMaps.sorted(by: { $0.key < $1.key }) {
-            if let g = gidFromHex(k) { entries.append((g, g, m)) }
+            if let g = gidFromHex(k) { entries.append((peers.currentGID(of: g), g, m, true)) }
         }
         let size = MemoryLayout<sv_senders>.size + entries.count * MemoryLayout<sv_sender>.stride
         guard let raw = calloc(1, size) else { return }
@@ -194,6 +195,7 @@ extension Runtime {
             withUnsafeBytes(of: e.real) { g in withUnsafeMutableBytes(of: &first[i].gid) { $0.copyMemory(from: g) } }
             withUnsafeBytes(of: e.virtual) { g in withUnsafeMutableBytes(of: &first[i].vgid) { $0.copyMemory(from: g) } }
             first[i].up = e.map
+            first[i].remote = e.remote ? 1 : 0
         }
         let now = monotonicNS()
         if let old = sv_senders_publish(t) { udSenderGarbage.tables.append((UnsafeMutableRawPointer(old), now)) }
@@ -234,7 +236,7 @@ func svColdUDSenders(_ ctx: UnsafeMutablePointer<sv_context>, _ wc: UnsafeMutabl
                 }
                 cursor = 0
                 while newDestination == nil, let entry = sv_senders_next(d, &cursor) {
-                    if memcmp(d, entry.pointer(to: \.vgid)!, 16) != 0 { newDestination = UnsafeRawPointer(entry.pointer(to: \.vgid)!) }
+                    if entry.pointee.remote == 0, memcmp(d, entry.pointer(to: \.vgid)!, 16) != 0 { newDestination = UnsafeRawPointer(entry.pointer(to: \.vgid)!) }
                 }
                 if newSource != nil || newDestination != nil {
                     _ = sv_grh_set_gids(UnsafeMutableRawPointer(mutating: grh), version,

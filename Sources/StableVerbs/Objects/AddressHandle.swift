@@ -40,7 +40,12 @@ extension Runtime {
         }
         var a = attr
         let peer = localPeer(for: a, destQPN: nil)
-        if let peer { translateDown(&a, peer: peer) }
+        if let peer {
+            translateDown(&a, peer: peer)
+        } else if a.is_global != 0 {
+            // A UD peer of another host that moved to another GID (Peers/UDAddresses.swift).
+            a.grh.dgid = peers.currentGID(of: a.grh.dgid)
+        }
         return (create(realPD, &a), peer)
     }
 
@@ -59,6 +64,7 @@ extension Runtime {
         p.pointee.real = real
         p.pointee.ctx = ctx.ptr
         storePeer(p.pointer(to: \.peer)!, ahPeerIDs(attr, local: peer))
+        if peer == nil, p.pointee.peer != nil { noteUDDestination(attr) }
         let rec = AHRecord(ptr: p, sequence: sequence(), context: ctx, pd: pd, attr: attr)
         rec.peerContext = peer
         p.pointee.core = opaque(rec)

@@ -103,6 +103,16 @@ final class PeerRegistry {
     /// real QPN each of them was last said to have, by (GID, virtual QPN).
     var udSenderMaps: [String: UnsafeMutablePointer<sv_idmap>] = [:]
     var udSenderReal: [UDHold: UInt32] = [:]
+    /// GIDs of other hosts' UD peers that moved to another address (virtual GID hex → the real
+    /// GID now), the commitments their owners gave (GID hex → SHA-256 of the owner's secret), this
+    /// process's own secret, the hosts still to be given its commitment (`ud-hello`) and those
+    /// given it, and the real AHs replaced towards moved GIDs (UDAddresses.swift).
+    var udMovedGIDs: [String: ibv_gid] = [:]
+    var udCommitments: [String: [UInt8]] = [:]
+    var udSecret: [UInt8] = randomBytes(32)
+    var udGreet: Set<PeerHost> = []
+    var udGreeted: Set<PeerHost> = []
+    var retiredAHs = RetiredAddressHandles()
     /// `closed` notices for the peers of connections the application ended (LinkClosing.swift).
     var closing = CloseNotices()
     var serviceStarted = false

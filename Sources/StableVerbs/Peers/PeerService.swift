@@ -7,7 +7,10 @@
 //            moved  (Reconnect.swift: my end of our link moved)   → reconnected | busy | collide | closed | denied
 //            pausing (Reconnect.swift: a planned detach begins)   → paused
 //            closed (LinkClosing.swift: my application ended it)  → ok | denied
-//            ud-moved (UDPeers.swift: my UD QPs are now these)    → noted | denied
+//            ud-pausing (UDPeers.swift: my UD QPs are moving)      → holding | denied
+//            ud-moved (UDPeers.swift: my UD QPs are now these,
+//                      and my GIDs at these addresses)            → noted | denied
+//            ud-hello (UDAddresses.swift: my commitment for my GIDs) → noted | denied
 
 import CVerbs
 import Glibc
@@ -94,6 +97,8 @@ extension Runtime {
             introducePendingLinks()
             giveUpOnSilentPeers()
             releaseExpiredUDHolds()
+            greetUDHosts()
+            destroyRetiredAHs()
         }
     }
 
@@ -126,6 +131,8 @@ extension Runtime {
             reply = answerUDPausing(d.message, from: PeerHost(peerOf: fd)).encoded(key: nil)
         case "ud-moved":
             reply = answerUDMoved(d.message, from: PeerHost(peerOf: fd)).encoded(key: nil)
+        case "ud-hello":
+            reply = answerUDHello(d.message, from: PeerHost(peerOf: fd)).encoded(key: nil)
         default:
             reply = PeerMessage("error").encoded(key: nil)
         }

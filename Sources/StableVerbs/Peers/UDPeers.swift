@@ -12,7 +12,8 @@
 // still lands. After the rebuild, once its receives are posted again, it tells them the real QPNs
 // behind its UD QPs' virtual ones (`ud-moved`), which ends the hold; then it replays its sends.
 // A claim is accepted only from the host the GID names (the request's source address must be that
-// GID's address): UD has no connection whose introduction could have agreed a key.
+// GID's address): UD has no connection whose introduction could have agreed a key. A claim that a
+// GID moved to another address comes from the new one and needs a proof (UDAddresses.swift).
 //
 // The same claim tells the receiving side who a UD receive's sender is: its src_qp (the sender's
 // new real QPN) is shown as the virtual one (Identity/UDSenders.swift), for every process on the
@@ -65,21 +66,29 @@ extension Runtime {
             guard !ud.isEmpty else { continue }
             var hosts = Set<PeerHost>()
             for ah in c.ahs.values where ah.peerContext == nil && ah.attr.is_global != 0 {
-                if let h = peers.hostOverride ?? PeerHost(gid: ah.attr.grh.dgid) { hosts.insert(h) }
+                if let h = peers.host(of: ah.attr.grh.dgid) { hosts.insert(h) }
             }
             guard !hosts.isEmpty else { continue }
             var m = PeerMessage(verb)
-            var gids: [String] = []
-            for port in c.ports {
-                for pair in port.gids.values where !isZeroGID(pair.virtual) && PeerHost(gid: pair.virtual) != nil {
-                    gids.append(gidHex(pair.virtual))
-                }
-            }
-            m["gids"] = Set(gids).sorted().joined(separator: ",")
+            let gids = ownedGIDs(c)
+            m["gids"] = gids.map(\.virtual).joined(separator: ",")
+            m["real"] = gids.map(\.real).joined(separator: ",")
             fill(&m, ud)
             for h in hosts { out.append((h, m)) }
         }
         return out
+    }
+
+    /// The GIDs of `c` that name a host (hex, sorted by virtual GID), with the real GID behind each
+    /// (the virtual one when the device has none at its index). Control lock.
+    private func ownedGIDs(_ c: ContextRecord) -> [(virtual: String, real: String)] {
+        var out: [String: String] = [:]
+        for port in c.ports {
+            for pair in port.gids.values where !isZeroGID(pair.virtual) && PeerHost(gid: pair.virtual) != nil {
+                out[gidHex(pair.virtual)] = gidHex(isZeroGID(pair.real) ? pair.virtual : pair.real)
+            }
+        }
+        return out.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
     /// Sends each announcement to the ports of the peer range on its host (`ports`: only those,
@@ -104,6 +113,7 @@ extension Runtime {
             udAnnouncements(group, verb: "ud-pausing") { m, ud in
                 m["qpns"] = ud.map { String($0.virtualQPN) }.joined(separator: ",")
                 m["ms"] = String(ms)
+                m["commit"] = peers.udCommitment
             }
         }
         var holding: [PeerHost: [UInt16]] = [:]
@@ -123,16 +133,34 @@ extension Runtime {
     func announceUDMoves(_ group: [ContextRecord]) -> [(PeerHost, PeerMessage, [UInt16])] {
         guard peers.enabled else { return [] }
         let plan: [(PeerHost, PeerMessage)] = withControlLock {
-            udAnnouncements(group, verb: "ud-moved") { m, ud in
+            // The claim reveals the secret behind the commitment the peers hold (it proves that a
+            // GID that moved is this process's) and commits to the next one.
+            let next = randomBytes(32)
+            let proof = hexString(peers.udSecret), commit = hexString(SHA256Hash.hash(next))
+            let plan = udAnnouncements(group, verb: "ud-moved") { m, ud in
                 m["qpns"] = ud.map { "\($0.virtualQPN):\($0.ptr.pointee.real_qpn)" }.joined(separator: ",")
+                m["proof"] = proof
+                m["commit"] = commit
             }
+            if !plan.isEmpty { peers.udSecret = next }
+            return plan
         }
         let holding: [PeerHost: [UInt16]] = withControlLock {
             defer { peers.udHolding = [:] }
             return peers.udHolding
         }
         var rest: [(PeerHost, PeerMessage, [UInt16])] = []
-        for ((host, m), ports) in zip(plan, tellUDHosts(plan, answer: "noted", ports: holding)) {
+        let told = tellUDHosts(plan, answer: "noted", ports: holding)
+        if !plan.isEmpty {
+            // Every host greeted holds a commitment to the old secret for this process's other
+            // GIDs too: greeted again, now that the claims (which reveal it) have been answered.
+            withControlLock {
+                peers.udGreet.formUnion(peers.udGreeted)
+                peers.udGreeted = []
+            }
+            wakePeerService()
+        }
+        for ((host, m), ports) in zip(plan, told) {
             Log.info("peer: told \(ports.count) shim(s) on \(host) where this process's UD QPs are now (\(m["qpns"] ?? ""))")
             if let asked = holding[host] {
                 let others = peers.portRange.filter { !asked.contains($0) }
@@ -150,19 +178,91 @@ extension Runtime {
         }
     }
 
-    /// The GIDs of a UD claim (`gids=`) that the request's source may speak for: the host a GID
-    /// names (STABLEVERBS_PEER_HOST: the configured host), or this host over loopback.
+    /// Whether `source` may speak for the host `gid` names (STABLEVERBS_PEER_HOST: the configured
+    /// host), or is this host over loopback.
+    private func speaks(for gid: ibv_gid, _ source: PeerHost?) -> Bool {
+        guard let source else { return false }
+        if let o = peers.hostOverride { return o == source || source.isLoopback }
+        return PeerHost(gid: gid).map { $0 == source || source.isLoopback && $0.isOwnAddress } ?? false
+    }
+
+    /// The GIDs of a UD claim (`gids=`) that the request's source may speak for: those whose
+    /// current address (UDAddresses.swift: where they moved) is the source's. Control lock.
     private func claimedGIDs(_ m: PeerMessage, from source: PeerHost?) -> [ibv_gid] {
         let gids = (m["gids"] ?? "").split(separator: ",").compactMap { gidFromHex(String($0)) }
-        return gids.filter { g in
-            guard let source else { return false }
-            if let o = peers.hostOverride { return o == source || source.isLoopback }
-            return PeerHost(gid: g).map { $0 == source || source.isLoopback && $0.isOwnAddress } ?? false
+        return gids.filter { speaks(for: peers.currentGID(of: $0), source) }
+    }
+
+    /// The GIDs of a `ud-moved` claim it may make, each with the real GID it says is behind it:
+    /// one that stays where it is, from its current address; one that moved, from its new address
+    /// and with the proof that the claimant is the shim that committed for it. Control lock.
+    private func claimedMoves(_ m: PeerMessage, from source: PeerHost?) -> [(virtual: ibv_gid, real: ibv_gid)] {
+        let gids = (m["gids"] ?? "").split(separator: ",").map(String.init)
+        let reals = (m["real"] ?? "").split(separator: ",").map(String.init)
+        var out: [(ibv_gid, ibv_gid)] = []
+        for (i, k) in gids.enumerated() {
+            guard let v = gidFromHex(k) else { continue }
+            let r = i < reals.count ? gidFromHex(reals[i]) ?? v : v
+            if sameGID(r, peers.currentGID(of: v)) {
+                if speaks(for: r, source) { out.append((v, r)) }
+            } else if speaks(for: r, source) && peers.provesOwnership(of: k, m["proof"]) {
+                out.append((v, r))
+            } else {
+                Log.warn("peer: a claim from \(source.map { "\($0)" } ?? "?") that \(hostsText([v])) moved to \(hostsText([r])) was refused: \(peers.udCommitments[k] == nil ? "its owner never committed to a secret here" : "no proof that it owns that GID")")
+            }
         }
+        return out
+    }
+
+    /// Keeps the commitment a claim carries for the GIDs its source was found to own. Control lock.
+    private func keepCommitment(_ m: PeerMessage, for gids: [ibv_gid]) {
+        guard let c = m["commit"].flatMap(bytesFromHex), c.count == 32 else { return }
+        for g in gids { peers.udCommitments[gidHex(g)] = c }
     }
 
     private func hostsText(_ gids: [ibv_gid]) -> String {
-        gids.map { PeerHost(gid: $0).map { "\($0)" } ?? "?" }.joined(separator: ",")
+        gids.map { PeerHost(gid: $0).map { "\($0)" } ?? gidHex($0) }.joined(separator: ",")
+    }
+
+    /// Gives the hosts the application's address handles newly point to this process's commitment
+    /// for its GIDs (`ud-hello`), so that they can believe a later claim that those GIDs moved.
+    /// Peer chores thread; no lock held on entry.
+    func greetUDHosts() {
+        let plan: [(PeerHost, PeerMessage)] = withControlLock {
+            // Only a process with UD QPs has UD identities to move; a few hosts per pass, so that
+            // the other chores (introductions of new connections) are not held up behind them.
+            guard !peers.udGreet.isEmpty, contexts.values.contains(where: { $0.qps.values.contains { $0.type == IBV_QPT_UD } }) else { return [] }
+            var m = PeerMessage("ud-hello")
+            let gids = Set(contexts.values.filter { !$0.failed }.flatMap { ownedGIDs($0).map(\.virtual) }).sorted()
+            guard !gids.isEmpty else { return [] }
+            m["gids"] = gids.joined(separator: ",")
+            m["commit"] = peers.udCommitment
+            let hosts = Array(peers.udGreet.sorted { "\($0)" < "\($1)" }.prefix(8))
+            peers.udGreeted.formUnion(hosts)
+            peers.udGreet.subtract(hosts)
+            return hosts.map { ($0, m) }
+        }
+        for ((host, _), ports) in zip(plan, tellUDHosts(plan, answer: "noted")) where !ports.isEmpty {
+            Log.debug("peer: gave \(ports.count) shim(s) on \(host) this process's commitment for its GIDs")
+        }
+    }
+
+    /// An address handle towards `attr`'s GID, of another host: that host is greeted (once per
+    /// secret). Control lock.
+    func noteUDDestination(_ attr: ibv_ah_attr) {
+        guard peers.enabled, attr.is_global != 0, let h = peers.host(of: attr.grh.dgid), !peers.udGreeted.contains(h) else { return }
+        if peers.udGreet.insert(h).inserted { wakePeerService() }
+    }
+
+    /// The service's side of `ud-hello`: the sender's commitment for the GIDs it owns. Control
+    /// lock taken here.
+    func answerUDHello(_ m: PeerMessage, from source: PeerHost?) -> PeerMessage {
+        withControlLock {
+            let allowed = claimedGIDs(m, from: source)
+            guard !allowed.isEmpty, m["commit"] != nil else { return PeerMessage("denied") }
+            keepCommitment(m, for: allowed)
+            return PeerMessage("noted")
+        }
     }
 
     /// The service's side of `ud-pausing`: the sender's UD QPs (virtual QPNs) are about to move;
@@ -171,13 +271,14 @@ extension Runtime {
     func answerUDPausing(_ m: PeerMessage, from source: PeerHost?) -> PeerMessage {
         let qpns = (m["qpns"] ?? "").split(separator: ",").compactMap { UInt32($0) }.filter { $0 & svUDHeld == 0 }
         guard !qpns.isEmpty, let ms = m.number("ms") else { return PeerMessage("error") }
-        let allowed = claimedGIDs(m, from: source)
-        guard !allowed.isEmpty else {
-            Log.warn("peer: a ud-pausing claim from \(source.map { "\($0)" } ?? "?") for GIDs it does not own was refused")
-            return PeerMessage("denied")
-        }
         let bound = min(ms, peers.plannedTimeoutNS / 1_000_000) &* 1_000_000
         return withControlLock {
+            let allowed = claimedGIDs(m, from: source)
+            guard !allowed.isEmpty else {
+                Log.warn("peer: a ud-pausing claim from \(source.map { "\($0)" } ?? "?") for GIDs it does not own was refused")
+                return PeerMessage("denied")
+            }
+            keepCommitment(m, for: allowed)
             let until = monotonicNS() &+ bound
             for g in allowed {
                 let k = gidHex(g)
@@ -236,12 +337,15 @@ extension Runtime {
             return (v, r)
         }
         guard !qpns.isEmpty else { return PeerMessage("error") }
-        let allowed = claimedGIDs(m, from: source)
-        guard !allowed.isEmpty else {
-            Log.warn("peer: a ud-moved claim from \(source.map { "\($0)" } ?? "?") for GIDs it does not own was refused")
-            return PeerMessage("denied")
-        }
         return withControlLock {
+            let moves = claimedMoves(m, from: source)
+            guard !moves.isEmpty else {
+                Log.warn("peer: a ud-moved claim from \(source.map { "\($0)" } ?? "?") for GIDs it does not own was refused")
+                return PeerMessage("denied")
+            }
+            let allowed = moves.map(\.virtual)
+            keepCommitment(m, for: allowed)
+            noteMovedGIDs(moves)
             for g in allowed { noteRemoteUDSenders(gid: gidHex(g), qpns) }
             for g in allowed {
                 let k = gidHex(g)
@@ -252,7 +356,8 @@ extension Runtime {
                     if v == r { IdentityMap.remove(map, key: v) } else { _ = IdentityMap.set(map, key: v, value: r) }
                 }
             }
-            Log.info("peer: UD QPs on \(hostsText(allowed)) moved: \(qpns.map { "\(hex($0.0))→\(hex($0.1))" }.joined(separator: " "))")
+            let away = moves.filter { !sameGID($0.virtual, $0.real) }.map(\.real)
+            Log.info("peer: UD QPs on \(hostsText(allowed)) moved: \(qpns.map { "\(hex($0.0))→\(hex($0.1))" }.joined(separator: " "))\(away.isEmpty ? "" : " (now at \(hostsText(away)))")")
             return PeerMessage("noted")
         }
     }

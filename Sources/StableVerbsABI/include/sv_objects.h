@@ -408,8 +408,10 @@ static inline uint32_t sv_ring_is_lost(struct sv_wr_ring *r)
  * ------------------------------------------------------------------------------------------- */
 struct sv_sender {
 	uint8_t gid[16];      /* real */
-	uint8_t vgid[16];     /* virtual: the GID the application knows (= gid for peers in other processes) */
+	uint8_t vgid[16];     /* virtual: the GID the application knows (for a peer in another process: the GID it had before it moved) */
 	struct sv_idmap *up;  /* its moved UD QPs, real QPN -> virtual QPN (NULL: none) */
+	uint32_t remote;      /* a sender in another process (never a destination of this one's receives) */
+	uint32_t reserved;
 };
 struct sv_senders {
 	uint32_t count;

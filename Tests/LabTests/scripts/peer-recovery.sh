@@ -9,7 +9,8 @@
 #     client   run PROGRAM's client side against $STABLEVERBS_LAB_PEER and make this guest's device
 #              go away LOSSES times while it runs
 #     both     server and client in this guest (both ends move at once)
-#     HOW      delete (rdma link delete/add), nic (hot-unplug the NIC, plug a new one, new MAC), or
+#     HOW      delete (rdma link delete/add), nic (hot-unplug the NIC, plug a new one, new MAC),
+#              renumber (as nic, and the new NIC has another IP address: every GID changes), or
 #              planned (`stableverbs detach`, the device deleted and re-added, `stableverbs attach`);
 #              a comma-separated list takes its ways in turn, one per loss (delete,nic,planned)
 # With SERVER_DIES=1 the server's program is killed (-9) as soon as its shim hears that the peer is
@@ -20,7 +21,7 @@
 set -u
 ROLE=$1 PROG=$2 N=$3 LOSSES=$4 HOW=${5:-delete}
 for w in $(echo "$HOW" | tr ',' ' '); do
-  case "$w" in delete|nic|planned) ;; *) echo "peer-recovery: unknown way $w (delete, nic, planned)" >&2; exit 2 ;; esac
+  case "$w" in delete|nic|renumber|planned) ;; *) echo "peer-recovery: unknown way $w (delete, nic, renumber, planned)" >&2; exit 2 ;; esac
 done
 export STABLEVERBS_LOG=${STABLEVERBS_LOG:-info}
 PORT=18750
@@ -91,6 +92,7 @@ lose() {  # sides -- pids: while the programs run, LOSSES times the device goes 
     echo "peer-recovery: loss $k ($how)"
     case "$how" in
       nic) lab-device nic-replace ;;
+      renumber) lab-device nic-renumber ;;
       planned) stableverbs detach && lab-device delete && sleep 0.3 && lab-device add && stableverbs attach ;;
       delete) lab-device delete; sleep 0.3; [ "${PEER_DIES:-0}" = 1 ] && peer_gone; lab-device add ;;
     esac
