@@ -21,6 +21,10 @@
  *      the real AH again towards UB's GID), and UB's sends to UA show src_qp V and source GID X;
  *   8. X back at its own address with the old proof again (the claim committed to a new secret):
  *      refused; with the new secret: noted.
+ *   9. with no address handle towards another host left, a `ud-hello` (a process on "this" host
+ *      made one towards us), then a planned move (stableverbs_detach / attach): the shim asks the
+ *      greeter's shims to hold and tells them where its UD QPs went (its log, which the test reads:
+ *      "asked 1 shim(s) on 127.0.0.1", "told 1 shim(s) on 127.0.0.1"); UA → UB still works.
  *
  *   udclaim
  */
@@ -239,6 +243,19 @@ int main(void)
 		errors++;
 	ibv_destroy_ah(ahb);
 	ibv_destroy_ah(ahx);
+
+	/* 9: told because greeted. */
+	__typeof__(&stableverbs_detach) detach = dlsym(RTLD_DEFAULT, "stableverbs_detach");
+	__typeof__(&stableverbs_attach) attach = dlsym(RTLD_DEFAULT, "stableverbs_attach");
+	TP_CHECK(detach && attach, "stableverbs_detach/attach not found");
+	snprintf(body, sizeof(body), "gids=%s\ncommit=%s\n", gid, h1);
+	request("ud-hello", body, verb, sizeof(verb));
+	printf("udclaim: a greeting: %s\n", verb);
+	if (strcmp(verb, "noted"))
+		errors++;
+	TP_CHECK(detach(NULL) == 0, "stableverbs_detach failed: %s", strerror(errno));
+	TP_CHECK(attach() == 0, "stableverbs_attach failed: %s", strerror(errno));
+	exchange(&a, &b, ah, v, "after a planned move");
 	printf("udclaim: %d errors\n", errors);
 	return errors ? 1 : 0;
 }

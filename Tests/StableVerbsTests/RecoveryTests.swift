@@ -162,7 +162,8 @@ struct RecoveryTests {
     @Test("a UD peer's ud-moved claim: a receive from it shows its virtual QPN", arguments: Setup.all)
     func udClaim(setup: Setup) throws {
         let port = 19_000 + (Setup.all.firstIndex { $0.name == setup.name } ?? 0)
-        let env = ["STABLEVERBS_PEER_HOST": "127.0.0.1", "STABLEVERBS_PEER_PORT": "\(port)", "STABLEVERBS_PEER_PORTS": "1"]
+        let env = ["STABLEVERBS_PEER_HOST": "127.0.0.1", "STABLEVERBS_PEER_PORT": "\(port)", "STABLEVERBS_PEER_PORTS": "1",
+                   "STABLEVERBS_LOG": "info"]
         let out = try Harness.runProgram("udclaim", [], setup: setup, extraEnvironment: env)
         #expect(out.status == 0 && !out.timedOut, "\(out)")
         #expect(out.line(startingWith: "udclaim: 0 errors") != nil, "\(out)")
@@ -172,6 +173,15 @@ struct RecoveryTests {
                      "the receive from UB shows source GID X", "X moved back, the used proof again: denied",
                      "X moved back, the next proof: noted"] {
             #expect(out.line(startingWith: "udclaim: " + line) != nil, "\(line)\n\(out)")
+        }
+        // With no address handle towards another host, the shim that greeted this one is told of
+        // its UD moves (the previous library told nobody: "asked 0"). Only GIDs that name a host
+        // (Ethernet: IPv4-mapped) are announced; InfiniBand link-local GIDs have none to tell.
+        #expect(out.line(startingWith: "udclaim: a greeting: noted") != nil, "\(out)")
+        #expect(out.line(startingWith: "udclaim: after a planned move: src_qp") != nil, "\(out)")
+        let told = ["asked 1 shim(s) on 127.0.0.1 to hold their UD sends", "told 1 shim(s) on 127.0.0.1 where this process's UD QPs are now"]
+        for t in told {
+            #expect(out.stderr.contains(t) == setup.name.hasPrefix("eth"), "\(t)\n\(out)")
         }
     }
 

@@ -112,6 +112,10 @@ final class PeerRegistry {
     var udSecret: [UInt8] = randomBytes(32)
     var udGreet: Set<PeerHost> = []
     var udGreeted: Set<PeerHost> = []
+    /// The hosts whose shims greeted this one (`ud-hello`): their processes have address handles
+    /// towards this host, so they are told of this process's UD moves even where it has no
+    /// address handle towards them (a receive-only UD service).
+    var udGreeters: Set<PeerHost> = []
     var retiredAHs = RetiredAddressHandles()
     /// `closed` notices for the peers of connections the application ended (LinkClosing.swift).
     var closing = CloseNotices()

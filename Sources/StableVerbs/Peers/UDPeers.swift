@@ -19,10 +19,13 @@
 // new real QPN) is shown as the virtual one (Identity/UDSenders.swift), for every process on the
 // host told, whether or not it has an address handle to the mover.
 //
-// Limits: the moving shim only tells hosts it has address handles to (a UD server that only
-// answers the source of each request, without an address handle of its own, is not told); a
-// device gone before its shim could announce the move (a NIC pulled: no port left to speak
-// through) loses the datagrams on their way to it, as a native path that drops them does.
+// The moving shim tells the hosts it has address handles to, and the hosts whose shims greeted it
+// (`ud-hello`, UDAddresses.swift: a process there made an address handle towards this host), so a
+// UD service that only receives is found by its senders too. Limits: a sender greets the shims
+// running on the host when its application makes the address handle (a process started there
+// later is not greeted, and does not tell that sender of its moves); a device gone before its shim
+// could announce the move (a NIC pulled: no port left to speak through) loses the datagrams on
+// their way to it, as a native path that drops them does.
 
 import CVerbs
 import Glibc
@@ -68,9 +71,12 @@ extension Runtime {
             for ah in c.ahs.values where ah.peerContext == nil && ah.attr.is_global != 0 {
                 if let h = peers.host(of: ah.attr.grh.dgid) { hosts.insert(h) }
             }
+            hosts.formUnion(peers.udGreeters)
             guard !hosts.isEmpty else { continue }
-            var m = PeerMessage(verb)
+            // Only a GID that names a host has UD peers to tell (an InfiniBand link-local one has none).
             let gids = ownedGIDs(c)
+            guard !gids.isEmpty else { continue }
+            var m = PeerMessage(verb)
             m["gids"] = gids.map(\.virtual).joined(separator: ",")
             m["real"] = gids.map(\.real).joined(separator: ",")
             fill(&m, ud)
@@ -259,8 +265,9 @@ extension Runtime {
     func answerUDHello(_ m: PeerMessage, from source: PeerHost?) -> PeerMessage {
         withControlLock {
             let allowed = claimedGIDs(m, from: source)
-            guard !allowed.isEmpty, m["commit"] != nil else { return PeerMessage("denied") }
+            guard !allowed.isEmpty, m["commit"] != nil, let source else { return PeerMessage("denied") }
             keepCommitment(m, for: allowed)
+            peers.udGreeters.insert(source)
             return PeerMessage("noted")
         }
     }
