@@ -131,10 +131,32 @@ extension LabTests {
         let k = losses.map { min($0, 3) } ?? 3
         let lines = try await twoGuest("ibv_ud_pingpong", iterations: iterations("ibv_ud_pingpong", losses: k), losses: k, how: "renumber")
         let server = lines.filter { $0.text.hasPrefix("server: ") }.map(\.text)
-        let remade = server.filter { $0.contains("GID(s) of a UD peer moved: 1 address handle(s) made towards the new address") }
+        let remade = server.filter { $0.contains("GID(s) of a peer moved: 1 address handle(s) made towards the new address") }
         #expect(remade.count == k, "the server's shim made its address handle towards the client's new GID \(remade.count) time(s), expected \(k)")
         let refused = lines.filter { $0.text.contains("was refused") }
         #expect(refused.isEmpty, "\(refused)")
+    }
+
+    /// ibv_rc_pingpong across two guests: the client guest's NIC is replaced by one with another IP
+    /// address, then the server guest's device is deleted and re-added. The server's shim must tell
+    /// the client's shim at its new address (its `moved` claim reconnected the link from there).
+    /// With the previous library the server's shim asked the old address, got no answer, and the
+    /// connection failed after STABLEVERBS_PEER_TIMEOUT_MS (server exit status 1, the client killed
+    /// after 300 s; 2026-12-02).
+    @Test("peer protocol: ibv_rc_pingpong: the client moves to another IP address, then the server moves",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
+    func peerRCRenumberedThenServerMoves() async throws {
+        let n = 6_000
+        let (status, lines, _) = try await Lab.run([
+            "SERVER_LOSSES=1 SERVER_FIRST_LOSS_AFTER=35 WAITFOR=3000 \(script) server ibv_rc_pingpong \(n) 0",
+            "WAITFOR=3000 \(script) client ibv_rc_pingpong \(n) 1 renumber",
+        ], guests: 2, timeout: 480)
+        expectSurvived(lines, status: status, iterations: n, movers: ["client": 1, "server": 1])
+        // (The server's loss comes 35 s after the connection is up; the client's renumbering a second later.)
+        let losses = Set(lines.filter { $0.text.hasPrefix("peer-recovery: loss ") }.map { "\($0.guest): \($0.text)" })
+        #expect(losses == ["1: peer-recovery: loss 1 (renumber)", "0: peer-recovery: loss 1 (delete)"], "\(losses)")
+        let followed = lines.filter { $0.guest == 0 && $0.text.contains("GID(s) of a peer moved") }
+        #expect(followed.count == 1, "the server's shim did not follow the client to its new address: \(followed)")
     }
 
     @Test("peer protocol: both ends in one guest move at once (ibv_rc_pingpong, ibv_srq_pingpong)",

@@ -35,7 +35,8 @@ final class PeerLink {
     let remoteGID: ibv_gid
     /// This end's virtual GID (the one its path uses).
     let localGID: ibv_gid
-    let host: PeerHost?
+    /// Where the peer's shim is: the host its GID names, and where it moved to since (Reconnect.swift).
+    var host: PeerHost?
     var state: State = .introducing
     var servicePort: UInt16 = 0
     var key: [UInt8] = []
@@ -158,7 +159,7 @@ extension Runtime {
            let pair = port.gids[Int32(av.grh.sgid_index)] {
             localGID = pair.virtual
         }
-        let host = peers.hostOverride ?? (av.is_global != 0 ? PeerHost(gid: av.grh.dgid) : nil)
+        let host = peers.hostOverride ?? (av.is_global != 0 ? peers.host(of: av.grh.dgid) : nil)
         if let old = peers.links[key(rec.ptr)] {
             if old.remoteQPN == destQPN && sameGID(old.remoteGID, av.grh.dgid) { return }
             dropLink(rec)

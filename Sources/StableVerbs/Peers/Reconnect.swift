@@ -191,6 +191,13 @@ extension Runtime {
         link.remoteRealQPN = peer.qpn
         link.remoteRealGID = peer.gid
         link.remoteRealLID = peer.lid
+        // A peer whose address changed with its move (its NIC re-addressed): its shim is found
+        // there from now on, and so are new connections and UD address handles towards its old
+        // GID (the claim was signed with the connection's key: it comes from the shim that owned it).
+        if PeerHost(gid: link.remoteGID) != nil, let now = PeerHost(gid: peer.gid) {
+            if peers.hostOverride == nil { link.host = now }
+            if !sameGID(peers.currentGID(of: link.remoteGID), peer.gid) { noteMovedGIDs([(link.remoteGID, peer.gid)]) }
+        }
         let rk = link.ids.pointer(to: \.rkeys)!
         for (v, r) in peer.rkeys { _ = IdentityMap.set(rk, key: v, value: r) }
         return 0

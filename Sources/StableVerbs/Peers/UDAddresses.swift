@@ -10,6 +10,9 @@
 //     map under its real GID, with the old GID as the virtual one (Identity/UDSenders.swift), so
 //     src_qp and the GRH's source are the ones the application knows;
 //   - finds the mover's shim at its new address (its next announcements come from there).
+// An RC peer that reconnects from another GID (its `moved` claim is signed with the connection's
+// key) updates the same table (Reconnect.swift): its link's host, new connections towards its old
+// GID and UD address handles towards it follow it too.
 //
 // Ownership: a claim that a GID moved comes from the new address, not from the host the old GID
 // names, so the source address proves nothing. Each shim keeps a secret and hands out its hash (a
@@ -87,7 +90,7 @@ extension Runtime {
         // Receives from the new GID show the old one from now on.
         noteUDSendersMoved()
         publishUDSenders()
-        Log.info("peer: \(changed.count) GID(s) of a UD peer moved: \(remade) address handle(s) made towards the new address\(failed > 0 ? ", \(failed) not" : "")")
+        Log.info("peer: \(changed.count) GID(s) of a peer moved: \(remade) address handle(s) made towards the new address\(failed > 0 ? ", \(failed) not" : "")")
     }
 
     /// Destroys the replaced real AHs whose grace passed (peer chores thread).

@@ -17,6 +17,8 @@
 # moving: the peer vanishes while the client is away, and the client must end as native verbs make
 # it (error completions once its reconnection gives up), not hang. The client then takes
 # PEER_DIES=1: its device returns only once the peer's shim is gone (its port refuses).
+# With SERVER_LOSSES=K the server guest's device goes K times too (SERVER_HOW, default delete), the
+# first SERVER_FIRST_LOSS_AFTER seconds (default 30) after the connection is up.
 # Prints PEER-RESULT side=… rc=… iters=… recoveries=… and the programs' output.
 set -u
 ROLE=$1 PROG=$2 N=$3 LOSSES=$4 HOW=${5:-delete}
@@ -140,6 +142,10 @@ case "$ROLE" in
     run server "" &
     s=$!
     [ "${SERVER_DIES:-0}" = 1 ] && dies_when_peer_moves $s &
+    if [ "${SERVER_LOSSES:-0}" -gt 0 ]; then  # this guest's device goes too (after the client's moves)
+      LOSSES=$SERVER_LOSSES HOW=${SERVER_HOW:-delete} FIRST_LOSS_AFTER=${SERVER_FIRST_LOSS_AFTER:-30}
+      lose server -- $s
+    fi
     waitfor $s
     result server ;;
   client)
