@@ -87,8 +87,9 @@ extension Runtime {
                 remade += 1
             }
         }
-        // Receives from the new GID show the old one from now on.
-        noteUDSendersMoved()
+        // UD receives from the new GID show the old one from now on (a process without UD QPs
+        // keeps its polls as they were).
+        if contexts.values.contains(where: { $0.qps.values.contains { $0.type == IBV_QPT_UD } }) { noteUDSendersMoved() }
         publishUDSenders()
         Log.info("peer: \(changed.count) GID(s) of a peer moved: \(remade) address handle(s) made towards the new address\(failed > 0 ? ", \(failed) not" : "")")
     }
