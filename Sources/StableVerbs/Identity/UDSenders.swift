@@ -123,9 +123,12 @@ extension Runtime {
     /// QPs, their receives' GRHs are rewritten from now on. Control lock.
     func noteGIDsMoved(_ ctx: ContextRecord) {
         let changed = ctx.ports.contains { $0.gids.values.contains { !sameGID($0.real, $0.virtual) } }
-        guard changed, contexts.values.contains(where: { $0.qps.values.contains { $0.type == IBV_QPT_UD } }) else { return }
+        guard changed, hasUDQPs else { return }
         noteUDSendersMoved()
     }
+
+    /// Whether any context of the process has a UD QP. Control lock.
+    var hasUDQPs: Bool { contexts.values.contains { $0.qps.values.contains { $0.type == IBV_QPT_UD } } }
 
     /// The first UD identity of the process that moved (a UD QP's real QPN, a GID): the table is
     /// published, then every context polls through it. Control lock.

@@ -25,6 +25,12 @@ final class AHRecord {
 
     var publicAH: UnsafeMutablePointer<ibv_ah> { UnsafeMutableRawPointer(ptr).assumingMemoryBound(to: ibv_ah.self) }
     var real: UnsafeMutablePointer<ibv_ah> { ptr.pointee.real! }
+
+    /// Puts `real` behind the application's AH (made again: a rebuild, a peer that moved).
+    func install(_ real: UnsafeMutablePointer<ibv_ah>) {
+        ptr.pointee.real = real
+        ptr.pointee.ah.handle = real.pointee.handle
+    }
 }
 
 func ahRecord(_ ah: UnsafeMutablePointer<ibv_ah>) -> AHRecord {
@@ -40,13 +46,19 @@ extension Runtime {
         }
         var a = attr
         let peer = localPeer(for: a, destQPN: nil)
+        routeDown(&a, peer: peer)
+        return (create(realPD, &a), peer)
+    }
+
+    /// An address vector in real terms: towards `peer` (a context of this process), its real
+    /// address; towards another host, the GID it moved to if it did (Peers/UDAddresses.swift).
+    /// Control lock.
+    func routeDown(_ a: inout ibv_ah_attr, peer: ContextRecord?) {
         if let peer {
             translateDown(&a, peer: peer)
         } else if a.is_global != 0 {
-            // A UD peer of another host that moved to another GID (Peers/UDAddresses.swift).
             a.grh.dgid = peers.currentGID(of: a.grh.dgid)
         }
-        return (create(realPD, &a), peer)
     }
 
     func createAH(_ pd: PDRecord, _ attr: ibv_ah_attr) -> UnsafeMutablePointer<ibv_ah>? {

@@ -158,12 +158,7 @@ extension Runtime {
         if mask & mask_AV != 0 {
             peer = localPeer(for: a.ah_attr, destQPN: mask & mask_DEST != 0 ? a.dest_qp_num : nil)
             external = rec.isConnected && peer == nil
-            if let peer {
-                translateDown(&a.ah_attr, peer: peer)
-            } else if a.ah_attr.is_global != 0 {
-                // A peer of another host that moved to another GID (Peers/UDAddresses.swift).
-                a.ah_attr.grh.dgid = peers.currentGID(of: a.ah_attr.grh.dgid)
-            }
+            routeDown(&a.ah_attr, peer: peer)
         }
         if mask & mask_ALT != 0, let altPeer = localPeer(for: a.alt_ah_attr, destQPN: nil) {
             translateDown(&a.alt_ah_attr, peer: altPeer)

@@ -196,7 +196,7 @@ extension Runtime {
         // GID (the claim was signed with the connection's key: it comes from the shim that owned it).
         if PeerHost(gid: link.remoteGID) != nil, let now = PeerHost(gid: peer.gid) {
             if peers.hostOverride == nil { link.host = now }
-            if !sameGID(peers.currentGID(of: link.remoteGID), peer.gid) { noteMovedGIDs([(link.remoteGID, peer.gid)]) }
+            noteMovedGIDs([(link.remoteGID, peer.gid)])  // nothing when it is where it was
         }
         let rk = link.ids.pointer(to: \.rkeys)!
         for (v, r) in peer.rkeys { _ = IdentityMap.set(rk, key: v, value: r) }

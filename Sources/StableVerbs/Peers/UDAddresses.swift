@@ -82,14 +82,13 @@ extension Runtime {
                     continue
                 }
                 peers.retiredAHs.pending.append((ah.real, c, c.real, now))
-                ah.ptr.pointee.real = n
-                ah.ptr.pointee.ah.handle = n.pointee.handle
+                ah.install(n)
                 remade += 1
             }
         }
         // UD receives from the new GID show the old one from now on (a process without UD QPs
         // keeps its polls as they were).
-        if contexts.values.contains(where: { $0.qps.values.contains { $0.type == IBV_QPT_UD } }) { noteUDSendersMoved() }
+        if hasUDQPs { noteUDSendersMoved() }
         publishUDSenders()
         Log.info("peer: \(changed.count) GID(s) of a peer moved: \(remade) address handle(s) made towards the new address\(failed > 0 ? ", \(failed) not" : "")")
     }

@@ -209,11 +209,10 @@ extension Runtime {
         for (i, k) in gids.enumerated() {
             guard let v = gidFromHex(k) else { continue }
             let r = i < reals.count ? gidFromHex(reals[i]) ?? v : v
-            if sameGID(r, peers.currentGID(of: v)) {
-                if speaks(for: r, source) { out.append((v, r)) }
-            } else if speaks(for: r, source) && peers.provesOwnership(of: k, m["proof"]) {
+            let stays = sameGID(r, peers.currentGID(of: v))
+            if speaks(for: r, source) && (stays || peers.provesOwnership(of: k, m["proof"])) {
                 out.append((v, r))
-            } else {
+            } else if !stays {
                 Log.warn("peer: a claim from \(source.map { "\($0)" } ?? "?") that \(hostsText([v])) moved to \(hostsText([r])) was refused: \(peers.udCommitments[k] == nil ? "its owner never committed to a secret here" : "no proof that it owns that GID")")
             }
         }
@@ -237,7 +236,7 @@ extension Runtime {
         let plan: [(PeerHost, PeerMessage)] = withControlLock {
             // Only a process with UD QPs has UD identities to move; a few hosts per pass, so that
             // the other chores (introductions of new connections) are not held up behind them.
-            guard !peers.udGreet.isEmpty, contexts.values.contains(where: { $0.qps.values.contains { $0.type == IBV_QPT_UD } }) else { return [] }
+            guard !peers.udGreet.isEmpty, hasUDQPs else { return [] }
             var m = PeerMessage("ud-hello")
             let gids = Set(contexts.values.filter { !$0.failed }.flatMap { ownedGIDs($0).map(\.virtual) }).sorted()
             guard !gids.isEmpty else { return [] }

@@ -249,8 +249,7 @@ extension Runtime {
                 continue
             }
             if !released { oldAH.append(ah.real) }
-            ah.ptr.pointee.real = n
-            ah.ptr.pointee.ah.handle = n.pointee.handle
+            ah.install(n)
             ah.peerContext = peer
             storePeer(ah.ptr.pointer(to: \.peer)!, ahPeerIDs(ah.attr, local: peer))
         }
@@ -259,8 +258,7 @@ extension Runtime {
                 let (made, peer) = makeRealAH(ah.pd.real, ah.attr)
                 guard let n = made else { failures += 1; continue }
                 let old = ah.real
-                ah.ptr.pointee.real = n
-                ah.ptr.pointee.ah.handle = n.pointee.handle
+                ah.install(n)
                 ah.peerContext = peer
                 storePeer(ah.ptr.pointer(to: \.peer)!, ahPeerIDs(ah.attr, local: peer))
                 _ = ops.destroy_ah?(old)
