@@ -1,14 +1,14 @@
 #!/bin/sh
 # build-image.sh KERNEL_ROOT KVER OUT.cpio.gz
 # Builds the lab guest's initramfs: busybox-static, the kernel modules the lab needs in dependency
-# order (crc32_generic first: rdma_rxe needs it), Lab/init as /init, Lab/lab-device, lab-programs
-# and lab-recovery.
+# order (crc32_generic first: rdma_rxe needs it; sch_netem for tests that delay a guest's
+# packets), Lab/init as /init, Lab/lab-device, lab-programs and lab-recovery.
 # Called by `stableverbs-lab setup`; needs busybox-static, cpio, kmod (depmod, modprobe), gzip.
 set -eu
 ROOT=$1 KVER=$2 OUT=$3
 HERE=$(cd "$(dirname "$0")" && pwd)
 BUSYBOX=${BUSYBOX:-/bin/busybox}
-MODULES="crc32_generic virtio_pci virtio_net virtio_console 9pnet_virtio 9p rdma_rxe rdma_ucm veth"
+MODULES="crc32_generic virtio_pci virtio_net virtio_console 9pnet_virtio 9p rdma_rxe rdma_ucm veth sch_netem"
 for tool in cpio depmod modprobe gzip; do
   command -v $tool >/dev/null || { echo "build-image: $tool is missing (apt-get install cpio kmod gzip)" >&2; exit 1; }
 done

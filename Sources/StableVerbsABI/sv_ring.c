@@ -32,6 +32,7 @@ struct sv_wr_ring *sv_ring_create(uint32_t depth, uint32_t max_sge, uint32_t max
 	r->entry_size = (uint32_t)((sizeof(struct sv_ring_entry) + max_sge * sizeof(struct ibv_sge) + r->max_inline + 15) & ~(size_t)15);
 	r->is_send = is_send ? 1 : 0;
 	r->sig_all = sig_all ? 1 : 0;
+	r->mtu_shift = 12; /* until a modify_qp sets the path MTU */
 	r->entries = calloc(r->capacity, r->entry_size);
 	if (!r->entries) {
 		free(r);
@@ -95,8 +96,10 @@ static inline uint64_t record_send_one(struct sv_wr_ring *r, const struct ibv_se
 	e->wr.send.sg_list = sg;
 	e->done = 0;
 	e->inline_len = 0;
+	uint32_t length = 0;
 	if (wr->num_sge) {
 		*sg = *wr->sg_list;
+		length = sg->length;
 		if (keep) {
 			if (sg->length > r->max_inline)
 				return UINT64_MAX;
@@ -105,6 +108,7 @@ static inline uint64_t record_send_one(struct sv_wr_ring *r, const struct ibv_se
 	}
 	e->msgno = r->msg_count;
 	r->msg_count += (uint64_t)sv_opcode_consumes(wr->opcode);
+	sv_ring_take_psns(r, e, length);
 	atomic_store_explicit(&r->tail, tail + 1, memory_order_release);
 	return tail;
 }
@@ -172,6 +176,7 @@ static uint64_t record_send_list(struct sv_wr_ring *r, const struct ibv_send_wr 
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
 	uint64_t t = tail;
 	uint64_t mc = r->msg_count;
+	uint32_t psn = r->next_psn;
 	for (const struct ibv_send_wr *w = wr; w && w != stop; w = w->next) {
 		if (t - head >= r->capacity)
 			return UINT64_MAX;
@@ -197,9 +202,12 @@ static uint64_t record_send_list(struct sv_wr_ring *r, const struct ibv_send_wr 
 				keep_inline(r, e, (const void *)(uintptr_t)w->sg_list[k].addr, l);
 			}
 		}
+		e->psn = psn;
+		psn = (psn + sv_wr_psns(w->opcode, sv_ring_entry_length(r, e), r->mtu_shift)) & 0xFFFFFFu;
 		t++;
 	}
 	r->msg_count = mc;
+	r->next_psn = psn;
 	atomic_store_explicit(&r->tail, t, memory_order_release);
 	return tail;
 }
@@ -229,8 +237,10 @@ void sv_ring_unrecord_send(struct sv_wr_ring *r, uint64_t old_tail, const struct
 	uint64_t t = old_tail;
 	for (const struct ibv_send_wr *w = wr; w && w != bad; w = w->next)
 		t++;
-	if (t != atomic_load_explicit(&r->tail, memory_order_relaxed))
+	if (t != atomic_load_explicit(&r->tail, memory_order_relaxed)) {
 		r->msg_count = sv_ring_at(r, t)->msgno;
+		r->next_psn = sv_ring_at(r, t)->psn;
+	}
 	atomic_store_explicit(&r->tail, t, memory_order_release);
 }
 
@@ -393,14 +403,20 @@ uint64_t sv_ring_wr_commit(struct sv_wr_ring *r)
 	if (r->wr_pending <= old)
 		return old; /* nothing recorded since the last commit (or no ibv_wr_start at all) */
 	r->msg_count = r->wr_msg;
+	for (uint64_t i = old; i != r->wr_pending; i++) {
+		struct sv_ring_entry *e = sv_ring_at(r, i);
+		sv_ring_take_psns(r, e, sv_ring_entry_length(r, e));
+	}
 	atomic_store_explicit(&r->tail, r->wr_pending, memory_order_release);
 	return old;
 }
 
 void sv_ring_wr_uncommit(struct sv_wr_ring *r, uint64_t old_tail)
 {
-	if (old_tail != atomic_load_explicit(&r->tail, memory_order_relaxed))
+	if (old_tail != atomic_load_explicit(&r->tail, memory_order_relaxed)) {
 		r->msg_count = sv_ring_at(r, old_tail)->msgno;
+		r->next_psn = sv_ring_at(r, old_tail)->psn;
+	}
 	atomic_store_explicit(&r->tail, old_tail, memory_order_release);
 }
 

@@ -26,6 +26,9 @@ final class QPRecord {
     var lastAltAV: ibv_ah_attr?
     var lastDestQPN: UInt32?
     var asyncEvents = EventLedger()
+    /// The PSN the real QP expected when a planned release destroyed it (Peers/ExecutedWork.swift);
+    /// nil once the connection is made again, or when the device no longer answered.
+    var expectedPSNAtRelease: UInt32?
 
     init(ptr: UnsafeMutablePointer<sv_qp>, sequence: UInt64, context: ContextRecord, pd: PDRecord?,
          initAttr: ibv_qp_init_attr_ex, extended: Bool) {
@@ -167,6 +170,7 @@ extension Runtime {
             a.dest_qp_num = IdentityMap.translate(peer.qpnMap, a.dest_qp_num)
         }
         let rc = modify(realQP, &a, mask)
+        if rc == 0 { noteSendPSNs(rec, a, mask) }
         guard rc == 0, learn else { return rc }
         if mask & mask_STATE != 0 {
             rec.ptr.pointee.qpx.qp_base.state = attr.qp_state

@@ -141,8 +141,24 @@ extension Runtime {
 
     /// Links whose error completions have been held back for longer than the peer timeout: the
     /// peer is not coming back; the application gets the errors native verbs would have given.
+    /// A link held back because our own device went away (its first error completion came before
+    /// the port went down: a NIC pulled) starts the recovery as soon as that shows.
     private func giveUpOnSilentPeers() {
         let now = monotonicNS()
+        let lost: [ContextRecord] = withControlLock {
+            var seen: [ContextRecord] = [], lost: [ContextRecord] = []
+            for link in peers.links.values where link.suspectSince != nil && link.state == .ready {
+                let c = link.qp.context
+                guard !seen.contains(where: { $0 === c }) else { continue }
+                seen.append(c)
+                if !isMoving(c) && deviceLost(c) { lost.append(c) }
+            }
+            return lost
+        }
+        for c in lost {
+            Log.info("\(c.currentDeviceName): gone while a connection's errors were held back for its peer: unplanned recovery")
+            trigger(c)
+        }
         withControlLock {
             for link in peers.links.values {
                 guard let since = link.suspectSince, link.state == .ready, now &- since >= peers.timeoutNS,

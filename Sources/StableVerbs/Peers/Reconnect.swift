@@ -43,11 +43,20 @@ struct PeerEndpoint {
         self.gid = gid
         self.lid = UInt16(truncatingIfNeeded: lid)
         self.psn = UInt32(truncatingIfNeeded: psn) & 0xFFFFFF
-        counts = PeerCounts(seen: m["seen"] == "unknown" ? nil : m.number("seen"), acked: acked, messages: [:])
+        counts = PeerCounts(seen: m["seen"] == "unknown" ? nil : m.number("seen"), acked: acked, messages: [:],
+                            expected: m.number("rq_done").map { UInt32(truncatingIfNeeded: $0) & 0xFF_FFFF })
         rkeys = (m["rkeys"] ?? "").split(separator: ",").compactMap { p in
             let kv = p.split(separator: ":")
             guard kv.count == 2, let v = UInt32(kv[0]), let r = UInt32(kv[1]) else { return nil }
             return (v, r)
+        }
+        for p in (m["atomics"] ?? "").split(separator: ",") {
+            let f = p.split(separator: ":").compactMap { UInt64($0) }
+            if f.count == 2 { counts.atomicTargets.append((UInt32(truncatingIfNeeded: f[0]), f[1])) }
+        }
+        for p in (m["values"] ?? "").split(separator: ",") {
+            let f = p.split(separator: ":").compactMap { UInt64($0) }
+            if f.count == 3 { counts.atomicWords.append((UInt32(truncatingIfNeeded: f[0]), f[1], f[2])) }
         }
         for p in (m["msgs"] ?? "").split(separator: ",") {
             let f = p.split(separator: ":").compactMap { UInt64($0) }
@@ -64,6 +73,13 @@ struct PeerCounts {
     var acked: UInt64          // receive-consuming messages of its send queue known complete
     /// The last acked ones still in its ring, by msgno.
     var messages: [UInt64: MessageDescription]
+    /// The PSN its old QP's receive queue expected next, when it could still be asked
+    /// (Peers/ExecutedWork.swift); nil: not known.
+    var expected: UInt32? = nil
+    /// The targets of its atomics in flight (a mover's), and the words they hold now (the live
+    /// end's answer).
+    var atomicTargets: [(rkey: UInt32, addr: UInt64)] = []
+    var atomicWords: [(rkey: UInt32, addr: UInt64, value: UInt64)] = []
 }
 
 /// A receive-consuming message as its sender describes it.
@@ -97,8 +113,9 @@ func groupedByProcess<T>(_ items: [T], _ process: (T) -> PeerProcess) -> [(PeerP
 extension Runtime {
     // MARK: - This end, as the peer needs it
 
-    /// Fills `m` with this end of `link`: identities, counts, rkeys, recent messages. Control lock.
-    func describeEnd(_ link: PeerLink, psn: UInt32, into m: inout PeerMessage) {
+    /// Fills `m` with this end of `link`: identities, counts, rkeys, recent messages, and the PSN
+    /// its old QP expected (`expected`, when known). Control lock.
+    func describeEnd(_ link: PeerLink, psn: UInt32, expected: UInt32?, into m: inout PeerMessage) {
         let q = link.qp
         let c = q.context
         m["from_qpn"] = String(q.virtualQPN)
@@ -117,6 +134,7 @@ extension Runtime {
         let counts = self.counts(of: q)
         m["seen"] = counts.seen.map { String($0) } ?? "unknown"
         m["acked"] = String(counts.acked)
+        if let expected { m["rq_done"] = String(expected) }
         m["msgs"] = counts.messages.sorted { $0.key > $1.key }
             .map { "\($0.key):\($0.value.opcode):\($0.value.length):\($0.value.imm)\($0.value.hash.map { ":\($0)" } ?? "")" }
             .joined(separator: ",")
@@ -187,7 +205,12 @@ extension Runtime {
                 Log.error("peer: \(link.label): QP to state \(a.qp_state.rawValue) failed (errno \(rc))")
                 return rc
             }
+            noteSendPSNs(q, a, t.mask)
         }
+        q.expectedPSNAtRelease = nil  // the entries' PSNs now count on the new connection
+        // Errors held back before the move was noticed (a NIC pulled: the first error completions
+        // come before the port goes down) belonged to the old connection: its work is replayed.
+        link.suspectSince = nil
         link.remoteRealQPN = peer.qpn
         link.remoteRealGID = peer.gid
         link.remoteRealLID = peer.lid
@@ -216,17 +239,32 @@ extension Runtime {
             let cq = q.initAttr.send_cq.map { cqRecord($0) }
             var i = sv_ring_head(r)
             let tail = sv_ring_tail(r)
-            var atomicsLost = 0
+            var atomicsLost = 0, atomicsAgain = 0
+            var lostResults: [UnsafeMutablePointer<sv_ring_entry>] = []
             while i != tail {
                 let e = sv_ring_at(r, i)!
                 i &+= 1
                 if e.pointee.done != 0 { continue }
-                guard e.pointee.msgno < seen else { break }
                 let w = e.pointee.wr.send
+                let atomic = w.opcode == IBV_WR_ATOMIC_CMP_AND_SWP || w.opcode == IBV_WR_ATOMIC_FETCH_AND_ADD
+                // A SEND counts by the peer's receives; the rest, when the peer's old QP could be
+                // asked, by the PSN it expected next (Peers/ExecutedWork.swift) — else by the
+                // SENDs around them, as RC executes in order.
+                let done: Bool
+                if let expected = peer.expected, sv_opcode_consumes(w.opcode) == 0 {
+                    done = Runtime.executed(e, in: r, before: expected)
+                } else {
+                    done = e.pointee.msgno < seen
+                }
+                guard done else {
+                    if !replayAtomics && peer.expected == nil { atomicsAgain = Runtime.atomicsAhead(r, from: i &- 1, to: tail) }
+                    break
+                }
                 if w.opcode == IBV_WR_RDMA_READ { continue }  // re-read when replayed
-                if w.opcode == IBV_WR_ATOMIC_CMP_AND_SWP || w.opcode == IBV_WR_ATOMIC_FETCH_AND_ADD {
+                if atomic {
                     if replayAtomics { continue }
                     atomicsLost += 1
+                    lostResults.append(e)
                 }
                 e.pointee.done = 1
                 skipped += 1
@@ -240,9 +278,16 @@ extension Runtime {
                 }
             }
             sv_ring_settle(r)
+            let restored = Runtime.restoreAtomicResults(lostResults, peer.atomicWords)
             cq?.publishPending()
-            if atomicsLost > 0 {
-                Log.warn("peer: \(label): \(atomicsLost) atomic(s) executed by the peer lost their results with the device (not executed again)")
+            if restored > 0 {
+                Log.info("peer: \(label): \(restored) atomic(s) executed by the peer whose responses died: results worked out from the words the peer read")
+            }
+            if atomicsLost > restored {
+                Log.warn("peer: \(label): \(atomicsLost - restored) atomic(s) executed by the peer lost their results with the device (not executed again)")
+            }
+            if atomicsAgain > 0 {
+                Log.warn("peer: \(label): the peer's QP could not be asked what it executed: \(atomicsAgain) atomic(s) after the last SEND it received are posted again (executed twice if they had reached it)")
             }
         }
         if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring {
@@ -360,10 +405,16 @@ extension Runtime {
                 case .finish(let l, let p): (link, peer, wasLive) = (l, p, false)
                 }
                 let rqPSN = UInt32.random(in: 0...0xFFFFFF)
+                // What our old QP executed of the mover's work, asked before the reset.
+                let expected = wasLive ? expectedPSN(of: link.qp) : link.qp.expectedPSNAtRelease
                 let rc = connect(link, to: peer, rqPSN: rqPSN, fromRTR: !wasLive)
                 var reply = PeerMessage(rc == 0 ? "reconnected" : "busy")
                 if rc == 0 {
-                    describeEnd(link, psn: rqPSN, into: &reply)
+                    describeEnd(link, psn: rqPSN, expected: expected, into: &reply)
+                    if expected != nil, !peer.counts.atomicTargets.isEmpty {
+                        reply["values"] = atomicWords(peer.counts.atomicTargets, in: link.qp.context)
+                            .map { "\($0.rkey):\($0.addr):\($0.value)" }.joined(separator: ",")
+                    }
                     applyCounts(link.qp, label: link.label, peer.counts)
                     link.state = .ready
                     link.suspectSince = nil
@@ -496,7 +547,9 @@ extension Runtime {
                 guard link.state == .awaiting else { return nil }
                 let psn = UInt32.random(in: 0...0xFFFFFF)
                 var m = PeerMessage("moved")
-                describeEnd(link, psn: psn, into: &m)
+                describeEnd(link, psn: psn, expected: link.qp.expectedPSNAtRelease, into: &m)
+                let targets = atomicTargets(of: link.qp)
+                if !targets.isEmpty { m["atomics"] = targets.map { "\($0.rkey):\($0.addr)" }.joined(separator: ",") }
                 return (m.encoded(key: link.key), link.key, psn)
             }
         }

@@ -716,6 +716,7 @@ extension Runtime {
             attr.qp_state = IBV_QPS_ERR
             _ = modify(qp.real, &attr, bits(IBV_QP_STATE)) // fails on a dead device: nothing runs there anyway
         }
+        keepExpectedPSNs(c)
     }
 
     private func releaseContext(_ c: ContextRecord) {
@@ -1004,6 +1005,7 @@ extension Runtime {
             let e = sv_ring_at(r, i)!
             i &+= 1
             if e.pointee.done != 0 { continue }
+            sv_ring_take_psns(r, e, sv_ring_entry_length(r, e))  // its PSN on the QP it goes to now
             let w = UnsafeMutableRawPointer(e).assumingMemoryBound(to: ibv_send_wr.self)
             if e.pointee.inline_len > 0 {
                 let sg = sv_ring_sges(e)!
@@ -1023,6 +1025,7 @@ extension Runtime {
         guard rc != 0, let bad else { return (n, rc, tail) }
         var j = max(head, from)
         while j != tail, UnsafeMutableRawPointer(sv_ring_at(r, j)!) != UnsafeMutableRawPointer(bad) { j &+= 1 }
+        if j != tail { r.pointee.next_psn = sv_ring_at(r, j).pointee.psn }  // not handed over
         return (n, rc, j)
     }
 
@@ -1080,6 +1083,8 @@ extension Runtime {
                 }
                 guard let ring = q.pointee.send_ring else { return nil }  // untracked: wait
                 noteBuffering(ring)
+                let psn = ring.pointee.next_psn  // buffered, not handed over: the replay numbers it
+                defer { ring.pointee.next_psn = psn }
                 if sv_ring_record_send(ring, wr) == UInt64.max {
                     bad?.pointee = wr
                     return ENOMEM

@@ -44,15 +44,20 @@ extension Runtime {
                 guard !ctx.released, let r = q.pointee.real_qpx else { return EIO }
                 return r.pointee.wr_complete.unsafelyUnwrapped(r)
             }
+            // A batch recorded here and not handed to the real QP takes its PSNs when it is
+            // replayed (Peers/ExecutedWork.swift), not when it is committed.
+            let psn = ring.pointee.next_psn
             if batch == UInt32(SV_WR_BATCH_BUFFERED) {
                 if st == SV_CTX_FAILED.rawValue { return EIO }  // not committed: the batch is dropped
                 if !live {
                     noteBuffering(ring)
                     _ = sv_ring_wr_commit(ring)
+                    ring.pointee.next_psn = psn
                     return 0
                 }
                 // The recovery ended while the batch was built: post it now, after the replayed work.
                 let old = sv_ring_wr_commit(ring)
+                ring.pointee.next_psn = psn
                 let (_, rc, refused) = postRingSends(ring, q, from: old)
                 if rc != 0 { sv_ring_wr_uncommit(ring, refused) }
                 return rc
@@ -63,6 +68,7 @@ extension Runtime {
                 Log.warn("QP \(hex(q.pointee.qpx.qp_base.qp_num)): an ibv_wr_* batch outlived the recovery grace; replaying what it recorded")
                 noteBuffering(ring)
                 _ = sv_ring_wr_commit(ring)
+                ring.pointee.next_psn = psn
                 return 0
             }
             // Started while LIVE; the context left LIVE since (QUIESCING, or a loss not yet

@@ -142,6 +142,8 @@ struct sv_ring_entry {
 	uint32_t done;      /* completion seen (out-of-order retirement on SRQs) */
 	uint32_t inline_len; /* bytes of inline data kept after the SGEs (send, IBV_SEND_INLINE) */
 	uint64_t msgno;     /* send rings: receive-consuming messages posted before this entry (peer protocol) */
+	uint32_t psn;       /* send rings: the PSN of its first packet on the connection it was handed to */
+	uint32_t reserved;
 };
 
 struct sv_wr_ring {
@@ -153,8 +155,10 @@ struct sv_wr_ring {
 	uint64_t wr_msg;         /* ibv_wr_* batch: msg_count once the batch is committed (poster) */
 	struct sv_ring_entry *wr_cur; /* ibv_wr_* batch: the entry the setters fill (NULL: not recorded) */
 	uint32_t wr_over;        /* ibv_wr_* batch: an op or setter could not be recorded */
+	uint32_t next_psn;       /* send rings: the PSN the next WR handed to the QP starts at (poster) */
+	uint32_t mtu_shift;      /* send rings: log2 of the path MTU in bytes (control, set before RTS) */
 	uint32_t pad2;
-	uint64_t pad1[2];
+	uint64_t pad1[1];
 	uint32_t capacity;       /* entries, a power of two */
 	uint32_t max_sge;
 	uint32_t max_inline;
@@ -198,6 +202,33 @@ static inline int sv_opcode_consumes(enum ibv_wr_opcode op)
 {
 	return op == IBV_WR_SEND || op == IBV_WR_SEND_WITH_IMM || op == IBV_WR_SEND_WITH_INV ||
 	       op == IBV_WR_RDMA_WRITE_WITH_IMM;
+}
+/* The PSNs an RC work request of `op` gathering `length` bytes takes (IBTA 9.7: one per packet of
+ * a SEND or WRITE, one per response packet of a READ, one for an atomic; none for the local
+ * operations), on a path of 2^shift-byte MTU. The peer protocol compares an entry's PSN with the
+ * PSN the responder expects next to tell whether it executed the entry (an atomic must not run
+ * twice). Data path: a few instructions, no branch. */
+static inline uint32_t sv_wr_psns(enum ibv_wr_opcode op, uint32_t length, uint32_t shift)
+{
+	uint32_t packets = 1 + ((length - (length != 0)) >> (shift & 31));
+	return (op == IBV_WR_LOCAL_INV || op == IBV_WR_BIND_MW) ? 0 : packets;
+}
+/* Hands the entry the next PSN of its ring and advances it (poster). */
+static inline void sv_ring_take_psns(struct sv_wr_ring *r, struct sv_ring_entry *e, uint32_t length)
+{
+	e->psn = r->next_psn;
+	r->next_psn = (r->next_psn + sv_wr_psns(e->wr.send.opcode, length, r->mtu_shift)) & 0xFFFFFFu;
+}
+/* The bytes a recorded send entry gathers (inline: the bytes kept). */
+static inline uint32_t sv_ring_entry_length(struct sv_wr_ring *r, struct sv_ring_entry *e)
+{
+	(void)r;
+	if (e->inline_len)
+		return e->inline_len;
+	uint32_t n = 0;
+	for (int k = 0; k < e->wr.send.num_sge; k++)
+		n += sv_ring_sges(e)[k].length;
+	return n;
 }
 /* ibv_wr_* batches (data path, like sv_ring_record_send): the op builders and setters record the
  * WR as an ibv_send_wr in the entries after tail; sv_ring_wr_commit publishes them before the real

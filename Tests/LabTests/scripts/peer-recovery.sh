@@ -1,8 +1,10 @@
 #!/bin/sh
 # Lab guest script for the peer-protocol tests (Tests/LabTests/PeerRecoveryLabTests.swift): an
 # unmodified RDMA program runs through the shim while this guest's device goes away and comes back.
-# PROGRAM is an rdma-core example (ibv_rc_pingpong, ibv_srq_pingpong, ibv_ud_pingpong: -g 1) or a
-# perftest latency test (ib_write_lat, ib_send_lat, ...: -x 1); ITERATIONS is its -n.
+# PROGRAM is an rdma-core example (ibv_rc_pingpong, ibv_srq_pingpong, ibv_ud_pingpong: -g 1), a
+# perftest latency test (ib_write_lat, ib_send_lat, ...: -x 1), or peer_atomics (the project's
+# verifying workload of atomics across processes, Tests/Programs/peer_atomics.c, built here);
+# ITERATIONS is its -n.
 #
 #   peer-recovery.sh server|client|both  PROGRAM  ITERATIONS  LOSSES  HOW
 #     server   run PROGRAM's server side (two guests; the peer guest moves)
@@ -11,6 +13,8 @@
 #     both     server and client in this guest (both ends move at once)
 #     HOW      delete (rdma link delete/add), nic (hot-unplug the NIC, plug a new one, new MAC),
 #              renumber (as nic, and the new NIC has another IP address: every GID changes), or
+#              pull (the NIC hot-unplugged with rxe0 still on it, as a VF pulled from under the
+#              application: work in flight dies with the link; then a new NIC), or
 #              planned (`stableverbs detach`, the device deleted and re-added, `stableverbs attach`);
 #              a comma-separated list takes its ways in turn, one per loss (delete,nic,planned)
 # With SERVER_DIES=1 the server's program is killed (-9) as soon as its shim hears that the peer is
@@ -19,14 +23,29 @@
 # PEER_DIES=1: its device returns only once the peer's shim is gone (its port refuses).
 # With SERVER_LOSSES=K the server guest's device goes K times too (SERVER_HOW, default delete), the
 # first SERVER_FIRST_LOSS_AFTER seconds (default 30) after the connection is up.
+# With NET_DELAY_MS=N this guest's NIC delays every packet it sends by N ms (netem): on the server,
+# the responses to the client's requests are still on their way when the client's NIC is pulled
+# (the server executed requests whose responses die with the client's device).
 # Prints PEER-RESULT side=… rc=… iters=… recoveries=… and the programs' output.
 set -u
 ROLE=$1 PROG=$2 N=$3 LOSSES=$4 HOW=${5:-delete}
 for w in $(echo "$HOW" | tr ',' ' '); do
-  case "$w" in delete|nic|renumber|planned) ;; *) echo "peer-recovery: unknown way $w (delete, nic, renumber, planned)" >&2; exit 2 ;; esac
+  case "$w" in delete|nic|pull|renumber|planned) ;; *) echo "peer-recovery: unknown way $w (delete, nic, pull, renumber, planned)" >&2; exit 2 ;; esac
 done
 export STABLEVERBS_LOG=${STABLEVERBS_LOG:-info}
 PORT=18750
+EXE=$PROG
+if [ -n "${NET_DELAY_MS:-}" ]; then
+  for n in /sys/class/net/*; do
+    [ -e "$n/device" ] || continue
+    tc qdisc add dev "$(basename "$n")" root netem delay "${NET_DELAY_MS}ms" || { echo "peer-recovery: netem failed" >&2; exit 9; }
+    echo "peer-recovery: $(basename "$n") delays what it sends by $NET_DELAY_MS ms"
+  done
+fi
+if [ "$PROG" = peer_atomics ]; then
+  EXE=${TMPDIR:-/tmp}/peer_atomics
+  cc -O2 -o "$EXE" Tests/Programs/peer_atomics.c -libverbs || { echo "peer-recovery: cannot build peer_atomics" >&2; exit 9; }
+fi
 OUT=${TMPDIR:-/tmp}/peer-recovery.$$
 mkdir -p "$OUT"
 
@@ -37,7 +56,7 @@ run() {  # side peer-address-or-empty; a client retries while the server is not 
       ib_*) gid="-x 1" ;;   # perftest
       *) gid="-g 1" ;;
     esac
-    LD_PRELOAD=$STABLEVERBS_LIB $PROG -d rxe0 $gid -p $PORT -n "$N" ${PROG_ARGS:-} $2 > "$OUT/$1.out" 2> "$OUT/$1.err"
+    LD_PRELOAD=$STABLEVERBS_LIB $EXE -d rxe0 $gid -p $PORT -n "$N" ${PROG_ARGS:-} $2 > "$OUT/$1.out" 2> "$OUT/$1.err"
     rc=$?
     tries=$((tries+1))
     [ $rc != 0 ] && [ -n "$2" ] && [ $tries -lt 60 ] && grep -q "Couldn't connect\|Unable to open file descriptor" "$OUT/$1.out" "$OUT/$1.err" && { sleep 0.5; continue; }
@@ -94,6 +113,7 @@ lose() {  # sides -- pids: while the programs run, LOSSES times the device goes 
     echo "peer-recovery: loss $k ($how)"
     case "$how" in
       nic) lab-device nic-replace ;;
+      pull) lab-device nic-pull && lab-device nic-plug ;;
       renumber) lab-device nic-renumber ;;
       planned) stableverbs detach && lab-device delete && sleep 0.3 && lab-device add && stableverbs attach ;;
       delete) lab-device delete; sleep 0.3; [ "${PEER_DIES:-0}" = 1 ] && peer_gone; lab-device add ;;

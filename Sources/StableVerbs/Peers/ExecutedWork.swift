@@ -1,0 +1,140 @@
+// Which of a connection's work the responder executed, by PSN (DESIGN §4, the peer protocol).
+//
+// A SEND's delivery is counted by its receiver (`seen`); an atomic leaves no trace there. So each
+// send-ring entry carries the PSN of its first packet on the connection it was handed to (the
+// poster takes them from the ring's `next_psn`, which follows the QP's SQ PSN and path MTU, and a
+// replay hands them out again on the new connection), and an end whose old QP can still be asked
+// reports the PSN its receive queue expected next (`rq_done`): the live end asks its QP before it
+// resets it; an end that detached on purpose asked before it destroyed it. RC executes in order,
+// so an entry whose last packet comes before that PSN was executed — an atomic among them is not
+// posted again, whatever the SEND count says. Without it (the responder's device died with the
+// PSN), the SEND count decides, as before: an atomic after the last SEND the peer completed is
+// posted again.
+//
+// An atomic the responder executed whose response died with the requester's device took its
+// result with it. The mover names the targets of its atomics in flight (`atomics`: virtual rkey
+// and address) and the live end reads them after its QP stopped executing (`values`); the mover
+// then works each lost result out backwards from the word's value now: a FETCH_AND_ADD returned
+// the value less what it and the later lost ones on that word added, a CMP_AND_SWP returned the
+// word unchanged when it holds something else than its swap value, else its compare value (the
+// swap happened). Exact when nothing else wrote the word after them (a word this connection
+// owns: a counter, a lock, a ticket); the log says how many results were worked out so.
+
+import CVerbs
+import Glibc
+import StableVerbsABI
+
+/// `a` comes before `b` in the 24-bit PSN space (within half of it).
+func psnBefore(_ a: UInt32, _ b: UInt32) -> Bool {
+    let d = (b &- a) & 0xFF_FFFF
+    return d != 0 && d < 0x80_0000
+}
+
+extension Runtime {
+    /// After a successful real modify_qp: the send ring's next PSN and path MTU follow the QP's
+    /// (control lock; the application does not post while it moves its QP to RTS).
+    func noteSendPSNs(_ q: QPRecord, _ attr: ibv_qp_attr, _ mask: Int32) {
+        guard let r = q.ptr.pointee.send_ring else { return }
+        if mask & bits(IBV_QP_PATH_MTU) != 0, attr.path_mtu.rawValue >= 1, attr.path_mtu.rawValue <= 5 {
+            r.pointee.mtu_shift = 7 + attr.path_mtu.rawValue
+        }
+        if mask & bits(IBV_QP_SQ_PSN) != 0 { r.pointee.next_psn = attr.sq_psn & 0xFF_FFFF }
+    }
+
+    /// The PSN `q`'s real QP expects next on its receive side, when its device still answers
+    /// (control lock).
+    func expectedPSN(of q: QPRecord) -> UInt32? {
+        guard let query = ops.query_qp else { return nil }
+        var attr = ibv_qp_attr()
+        var initAttr = ibv_qp_init_attr()
+        guard query(q.real, &attr, bits(IBV_QP_RQ_PSN), &initAttr) == 0 else { return nil }
+        return attr.rq_psn & 0xFF_FFFF
+    }
+
+    /// Before a planned release destroys the QPs of `c` (stopped: nothing executes any more): the
+    /// PSN each connected QP expected, for the peer's count of what we executed.
+    func keepExpectedPSNs(_ c: ContextRecord) {
+        // A link still awaiting its reconnection (gone again before it) keeps what its last
+        // connection's QP said: the QP here is a rebuilt one, not connected yet.
+        for q in c.qps.values where peers.links[key(q.ptr)]?.state == .ready {
+            q.expectedPSNAtRelease = expectedPSN(of: q)
+        }
+    }
+
+    /// Whether the responder executed the send entry `e`, from the PSN it expected next.
+    static func executed(_ e: UnsafeMutablePointer<sv_ring_entry>, in r: UnsafeMutablePointer<sv_wr_ring>, before expected: UInt32) -> Bool {
+        let w = e.pointee.wr.send
+        let n = sv_wr_psns(w.opcode, sv_ring_entry_length(r, e), r.pointee.mtu_shift)
+        return psnBefore((e.pointee.psn &+ max(n, 1) &- 1) & 0xFF_FFFF, expected)
+    }
+
+    /// The atomics not done among a send ring's entries [from, to).
+    static func atomicsAhead(_ r: UnsafeMutablePointer<sv_wr_ring>, from: UInt64, to: UInt64) -> Int {
+        var n = 0, i = from
+        while i != to {
+            let e = sv_ring_at(r, i)!
+            i &+= 1
+            let op = e.pointee.wr.send.opcode
+            if e.pointee.done == 0 && (op == IBV_WR_ATOMIC_CMP_AND_SWP || op == IBV_WR_ATOMIC_FETCH_AND_ADD) { n += 1 }
+        }
+        return n
+    }
+
+    /// The targets (virtual rkey, address) of the atomics not done in `q`'s send ring, oldest
+    /// first, at most 256 (control lock).
+    func atomicTargets(of q: QPRecord) -> [(rkey: UInt32, addr: UInt64)] {
+        guard let r = q.ptr.pointee.send_ring else { return [] }
+        var out: [(rkey: UInt32, addr: UInt64)] = []
+        var i = sv_ring_head(r)
+        let tail = sv_ring_tail(r)
+        while i != tail && out.count < 256 {
+            let e = sv_ring_at(r, i)!
+            i &+= 1
+            let w = e.pointee.wr.send
+            guard e.pointee.done == 0, w.opcode == IBV_WR_ATOMIC_CMP_AND_SWP || w.opcode == IBV_WR_ATOMIC_FETCH_AND_ADD else { continue }
+            if !out.contains(where: { $0.rkey == w.wr.atomic.rkey && $0.addr == w.wr.atomic.remote_addr }) {
+                out.append((w.wr.atomic.rkey, w.wr.atomic.remote_addr))
+            }
+        }
+        return out
+    }
+
+    /// The 64-bit words a mover's atomics target, read from this process's memory regions of `c`
+    /// (the mover's QP no longer executes anything here). Control lock.
+    func atomicWords(_ targets: [(rkey: UInt32, addr: UInt64)], in c: ContextRecord) -> [(rkey: UInt32, addr: UInt64, value: UInt64)] {
+        targets.compactMap { t in
+            guard t.addr & 7 == 0, let mr = c.mrs.values.first(where: { $0.ptr.pointee.mr.rkey == t.rkey }),
+                  let base = mr.addr else { return nil }
+            let start = UInt64(UInt(bitPattern: base))
+            guard t.addr >= start, t.addr &+ 8 <= start &+ UInt64(mr.length),
+                  let word = UnsafeRawPointer(bitPattern: UInt(t.addr)) else { return nil }
+            return (t.rkey, t.addr, word.load(as: UInt64.self))
+        }
+    }
+
+    /// Writes the results of atomics the peer executed whose responses died (`lost`, oldest
+    /// first) into their local buffers, from the words' values the peer read (see the header).
+    /// Returns how many it could.
+    static func restoreAtomicResults(_ lost: [UnsafeMutablePointer<sv_ring_entry>], _ words: [(rkey: UInt32, addr: UInt64, value: UInt64)]) -> Int {
+        var now: [String: UInt64] = [:]
+        for w in words { now["\(w.rkey):\(w.addr)"] = w.value }
+        var restored = 0
+        for e in lost.reversed() {
+            let w = e.pointee.wr.send
+            let k = "\(w.wr.atomic.rkey):\(w.wr.atomic.remote_addr)"
+            guard let after = now[k], w.num_sge >= 1 else { continue }
+            let old: UInt64
+            if w.opcode == IBV_WR_ATOMIC_FETCH_AND_ADD {
+                old = after &- w.wr.atomic.compare_add
+            } else {
+                old = after == w.wr.atomic.swap ? w.wr.atomic.compare_add : after
+            }
+            now[k] = old
+            let sg = sv_ring_sges(e)!.pointee
+            guard sg.length >= 8, let dst = UnsafeMutableRawPointer(bitPattern: UInt(sg.addr)) else { continue }
+            dst.storeBytes(of: old, as: UInt64.self)
+            restored += 1
+        }
+        return restored
+    }
+}
