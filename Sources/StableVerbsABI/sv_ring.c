@@ -255,10 +255,19 @@ void sv_ring_unrecord_recv(struct sv_wr_ring *r, uint64_t old_tail, const struct
 
 /* ---- ibv_wr_* batches --------------------------------------------------------------------- */
 
+/* The batch's PSNs are counted as its WRs are built (the length is known at the data setter):
+ * the op takes the entry's PSN and counts it as carrying no data, a setter counts it again with
+ * its bytes; the commit publishes the count. */
+static inline void batch_psns(struct sv_wr_ring *r, struct sv_ring_entry *e, uint32_t length)
+{
+	r->wr_psn = (e->psn + sv_wr_psns(e->wr.send.opcode, length, r->mtu_shift)) & 0xFFFFFFu;
+}
+
 void sv_ring_wr_start(struct sv_wr_ring *r)
 {
 	r->wr_pending = atomic_load_explicit(&r->tail, memory_order_relaxed);
 	r->wr_msg = r->msg_count;
+	r->wr_psn = r->next_psn;
 	r->wr_cur = NULL;
 	r->wr_over = 0;
 }
@@ -272,6 +281,7 @@ void sv_ring_wr_op(struct sv_wr_ring *r, uint64_t wr_id, unsigned int flags, enu
 		/* No ibv_wr_start before this op (misuse): never write over live entries. */
 		r->wr_pending = tail;
 		r->wr_msg = r->msg_count;
+		r->wr_psn = r->next_psn;
 	}
 	if (r->wr_pending - head >= r->capacity) {
 		r->wr_cur = NULL;
@@ -315,6 +325,8 @@ void sv_ring_wr_op(struct sv_wr_ring *r, uint64_t wr_id, unsigned int flags, enu
 	e->inline_len = 0;
 	e->msgno = r->wr_msg;
 	r->wr_msg += (uint64_t)sv_opcode_consumes(op);
+	e->psn = r->wr_psn;
+	batch_psns(r, e, 0);
 	r->wr_cur = e;
 }
 
@@ -330,6 +342,7 @@ void sv_ring_wr_sge(struct sv_wr_ring *r, uint32_t lkey, uint64_t addr, uint32_t
 	if (!e)
 		return;
 	one_sge(e, lkey, addr, length);
+	batch_psns(r, e, length);
 }
 
 void sv_ring_wr_sge_list(struct sv_wr_ring *r, size_t n, const struct ibv_sge *list)
@@ -341,9 +354,13 @@ void sv_ring_wr_sge_list(struct sv_wr_ring *r, size_t n, const struct ibv_sge *l
 		sv_ring_wr_unrecordable(r);
 		return;
 	}
+	uint32_t length = 0;
+	for (size_t k = 0; k < n; k++)
+		length += list[k].length;
 	if (n > 0)
 		memcpy(sv_ring_sges(e), list, n * sizeof(struct ibv_sge));
 	e->wr.send.num_sge = (int)n;
+	batch_psns(r, e, length);
 }
 
 static void inline_entry(struct sv_ring_entry *e, uint64_t addr, uint32_t length)
@@ -364,6 +381,7 @@ void sv_ring_wr_inline(struct sv_wr_ring *r, const void *addr, size_t length)
 	e->inline_len = 0;
 	keep_inline(r, e, addr, length);
 	inline_entry(e, (uint64_t)(uintptr_t)addr, (uint32_t)length);
+	batch_psns(r, e, (uint32_t)length);
 }
 
 void sv_ring_wr_inline_list(struct sv_wr_ring *r, size_t n, const struct ibv_data_buf *list)
@@ -382,6 +400,7 @@ void sv_ring_wr_inline_list(struct sv_wr_ring *r, size_t n, const struct ibv_dat
 	for (size_t k = 0; k < n; k++)
 		keep_inline(r, e, list[k].addr, list[k].length);
 	inline_entry(e, n > 0 ? (uint64_t)(uintptr_t)list[0].addr : 0, (uint32_t)total);
+	batch_psns(r, e, (uint32_t)total);
 }
 
 void sv_ring_wr_ud(struct sv_wr_ring *r, struct ibv_ah *ah, uint32_t remote_qpn, uint32_t remote_qkey)
@@ -403,10 +422,7 @@ uint64_t sv_ring_wr_commit(struct sv_wr_ring *r)
 	if (r->wr_pending <= old)
 		return old; /* nothing recorded since the last commit (or no ibv_wr_start at all) */
 	r->msg_count = r->wr_msg;
-	for (uint64_t i = old; i != r->wr_pending; i++) {
-		struct sv_ring_entry *e = sv_ring_at(r, i);
-		sv_ring_take_psns(r, e, sv_ring_entry_length(r, e));
-	}
+	r->next_psn = r->wr_psn;
 	atomic_store_explicit(&r->tail, r->wr_pending, memory_order_release);
 	return old;
 }

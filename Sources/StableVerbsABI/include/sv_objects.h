@@ -157,7 +157,7 @@ struct sv_wr_ring {
 	uint32_t wr_over;        /* ibv_wr_* batch: an op or setter could not be recorded */
 	uint32_t next_psn;       /* send rings: the PSN the next WR handed to the QP starts at (poster) */
 	uint32_t mtu_shift;      /* send rings: log2 of the path MTU in bytes (control, set before RTS) */
-	uint32_t pad2;
+	uint32_t wr_psn;         /* ibv_wr_* batch: next_psn once the batch is committed (poster) */
 	uint64_t pad1[1];
 	uint32_t capacity;       /* entries, a power of two */
 	uint32_t max_sge;
