@@ -488,12 +488,15 @@ extension Runtime {
     /// After a rebuild (recovery thread, no lock held): reconnects every link of the group's QPs
     /// that waits in INIT. Returns when each is reconnected or given up on. The links to one peer
     /// process (host and service port) go in one `batch` exchange, which that process answers
-    /// holding its context once for all of them.
-    func reconnectLinks(_ group: [ContextRecord]) {
+    /// holding its context once for all of them. Returns the links given up on (the peer shim did
+    /// not answer in time): the recovery fails them once it is counted (failGivenUpLinks), so that
+    /// an application that ends on their errors has seen it complete.
+    func reconnectLinks(_ group: [ContextRecord]) -> [PeerLink] {
         let links: [PeerLink] = withControlLock {
             group.flatMap { c in c.nextOrder(c.qps, { $0.sequence }).compactMap { q in peers.links[key(q.ptr)].flatMap { $0.state == .awaiting ? $0 : nil } } }
         }
-        guard !links.isEmpty else { return }
+        guard !links.isEmpty else { return [] }
+        var gaveUp: [PeerLink] = []
         let start = monotonicNS()
         let deadline = start &+ peers.timeoutNS
         var pending = links
@@ -519,16 +522,24 @@ extension Runtime {
                         guard link.state == .awaiting else { return false }
                         if now < link.pausedUntil { return true }
                         Log.warn("peer: \(link.label): the peer shim did not answer within \(ms(now &- start)): the connection fails as it would natively")
-                        failLink(link, status: IBV_WC_RETRY_EXC_ERR)
+                        link.state = .unmanaged  // failed by failGivenUpLinks; a late claim is answered `busy`
+                        gaveUp.append(link)
                         return false
                     }
                 }
-                if pending.isEmpty { return }
+                if pending.isEmpty { return gaveUp }
             }
             usleep(delay)
             delay = min(delay * 2, 50_000)
         }
         Log.info("peer: \(links.count) link(s) reconnected in \(ms(monotonicNS() &- start)) (\(attempts) exchange(s))")
+        return gaveUp
+    }
+
+    /// The links reconnectLinks gave up on end as native verbs would end them: their QPs in error,
+    /// their outstanding work completed in error (control lock).
+    func failGivenUpLinks(_ links: [PeerLink]) {
+        for link in links { failLink(link, status: IBV_WC_RETRY_EXC_ERR) }
     }
 
     /// `links` grouped by the peer process that answers for them, in order.

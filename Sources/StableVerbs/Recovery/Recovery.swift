@@ -879,7 +879,8 @@ extension Runtime {
         }
         // Connections to other processes: the peer protocol (Peers/Reconnect.swift).
         let l0 = monotonicNS()
-        reconnectLinks(group)
+        let gaveUp = reconnectLinks(group)
+        let failing = Set(gaveUp.map { ObjectIdentifier($0.qp) })  // not replayed: failed below
         reconnectNS &+= monotonicNS() &- l0
         times.deviceWait = waitNS
         times.rebuild = rebuildNS
@@ -899,7 +900,7 @@ extension Runtime {
                 for srq in c.nextOrder(c.srqs, { $0.sequence }) {
                     if let r = srq.ptr.pointee.recv_ring { one(r, UnsafeMutableRawPointer(srq.ptr), isSRQ: true) }
                 }
-                for qp in c.nextOrder(c.qps, { $0.sequence }) where qp.initAttr.srq == nil {
+                for qp in c.nextOrder(c.qps, { $0.sequence }) where qp.initAttr.srq == nil && !failing.contains(ObjectIdentifier(qp)) {
                     if let r = qp.ptr.pointee.recv_ring { one(r, UnsafeMutableRawPointer(qp.ptr), isSRQ: false) }
                 }
             }
@@ -914,14 +915,15 @@ extension Runtime {
         let udRest = announceUDMoves(group)
         let announceNS = monotonicNS() &- u0
         times.reconnect &+= announceNS
-        let replayed: UInt64 = withControlLock {
+        let _: UInt64 = withControlLock {
             // Receives the application posted meanwhile (buffered: the context is not LIVE yet).
             var n = received &+ replayReceives(from: receiveEnds).0
             for c in group {
-                for qp in c.nextOrder(c.qps, { $0.sequence }) {
+                for qp in c.nextOrder(c.qps, { $0.sequence }) where !failing.contains(ObjectIdentifier(qp)) {
                     if let r = qp.ptr.pointee.send_ring { n &+= replaySend(r, qp.ptr) }
                 }
             }
+            failGivenUpLinks(gaveUp)
             for c in group {
                 for cq in c.cqs.values where cq.channel != nil && !cq.pending.isEmpty { cq.owedEvent = true }
                 c.movedAt = monotonicNS()
@@ -939,13 +941,15 @@ extension Runtime {
             recovery.stats.lastContexts = UInt32(group.count)
             recovery.stats.lastReplayed = n
             recovery.stats.lastError = 0
+            // Logged before the lock is let go: a program that ends on the errors of a link given
+            // up on (failed above) has the recovery in its log too.
+            let names = group.map { c in c.device.name == c.currentDeviceName ? c.device.name : "\(c.device.name)→\(c.currentDeviceName)" }
+            Log.info("recovery #\(recovery.stats.count) (\(planned ? "planned" : "unplanned"), \(group.count) context(s): \(names.joined(separator: ", "))): "
+                     + "quiesce \(ms(times.quiesce)), release \(ms(times.release)), device wait \(ms(times.deviceWait)), "
+                     + "rebuild \(ms(times.rebuild)), reconnect \(ms(times.reconnect)), replay \(ms(times.replay)) "
+                     + "(\(n) work request(s) re-posted, \(attempts) rebuild attempt(s))")
             return n
         }
-        let names = group.map { c in c.device.name == c.currentDeviceName ? c.device.name : "\(c.device.name)→\(c.currentDeviceName)" }
-        Log.info("recovery #\(recovery.stats.count) (\(planned ? "planned" : "unplanned"), \(group.count) context(s): \(names.joined(separator: ", "))): "
-                 + "quiesce \(ms(times.quiesce)), release \(ms(times.release)), device wait \(ms(times.deviceWait)), "
-                 + "rebuild \(ms(times.rebuild)), reconnect \(ms(times.reconnect)), replay \(ms(times.replay)) "
-                 + "(\(replayed) work request(s) re-posted, \(attempts) rebuild attempt(s))")
         announceUDMovesToOthers(udRest)
         return 0
     }
