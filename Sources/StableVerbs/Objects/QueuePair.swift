@@ -26,8 +26,8 @@ final class QPRecord {
     var lastAltAV: ibv_ah_attr?
     var lastDestQPN: UInt32?
     var asyncEvents = EventLedger()
-    /// The PSN the real QP expected when a planned release destroyed it (Peers/ExecutedWork.swift);
-    /// nil once the connection is made again, or when the device no longer answered.
+    /// The PSN the real QP expected when a release destroyed it (Peers/ExecutedWork.swift); nil
+    /// once the connection is made again, or when the device no longer answered.
     var expectedPSNAtRelease: UInt32?
 
     init(ptr: UnsafeMutablePointer<sv_qp>, sequence: UInt64, context: ContextRecord, pd: PDRecord?,

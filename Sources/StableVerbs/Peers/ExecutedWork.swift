@@ -51,8 +51,9 @@ extension Runtime {
         return attr.rq_psn & 0xFF_FFFF
     }
 
-    /// Before a planned release destroys the QPs of `c` (stopped: nothing executes any more): the
-    /// PSN each connected QP expected, for the peer's count of what we executed.
+    /// Before a release destroys the QPs of `c` (stopped: nothing executes any more): the PSN each
+    /// connected QP expected, for the peer's count of what we executed. Known when the device still
+    /// answers (a planned detach, a loss noticed while a port worked); nil on a dead one.
     func keepExpectedPSNs(_ c: ContextRecord) {
         // A link still awaiting its reconnection (gone again before it) keeps what its last
         // connection's QP said: the QP here is a rebuilt one, not connected yet.
