@@ -203,7 +203,7 @@ static uint64_t record_send_list(struct sv_wr_ring *r, const struct ibv_send_wr 
 			}
 		}
 		e->psn = psn;
-		psn = (psn + sv_wr_psns(w->opcode, sv_ring_entry_length(r, e), r->mtu_shift)) & 0xFFFFFFu;
+		psn = sv_psn_after(psn, w->opcode, sv_ring_entry_length(e), r->mtu_shift);
 		t++;
 	}
 	r->msg_count = mc;
@@ -260,7 +260,7 @@ void sv_ring_unrecord_recv(struct sv_wr_ring *r, uint64_t old_tail, const struct
  * its bytes; the commit publishes the count. */
 static inline void batch_psns(struct sv_wr_ring *r, struct sv_ring_entry *e, uint32_t length)
 {
-	r->wr_psn = (e->psn + sv_wr_psns(e->wr.send.opcode, length, r->mtu_shift)) & 0xFFFFFFu;
+	r->wr_psn = sv_psn_after(e->psn, e->wr.send.opcode, length, r->mtu_shift);
 }
 
 void sv_ring_wr_start(struct sv_wr_ring *r)

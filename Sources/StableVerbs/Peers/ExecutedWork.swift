@@ -65,7 +65,7 @@ extension Runtime {
     /// Whether the responder executed the send entry `e`, from the PSN it expected next.
     static func executed(_ e: UnsafeMutablePointer<sv_ring_entry>, in r: UnsafeMutablePointer<sv_wr_ring>, before expected: UInt32) -> Bool {
         let w = e.pointee.wr.send
-        let n = sv_wr_psns(w.opcode, sv_ring_entry_length(r, e), r.pointee.mtu_shift)
+        let n = sv_wr_psns(w.opcode, sv_ring_entry_length(e), r.pointee.mtu_shift)
         return psnBefore((e.pointee.psn &+ max(n, 1) &- 1) & 0xFF_FFFF, expected)
     }
 
@@ -76,7 +76,7 @@ extension Runtime {
             let e = sv_ring_at(r, i)!
             i &+= 1
             let op = e.pointee.wr.send.opcode
-            if e.pointee.done == 0 && (op == IBV_WR_ATOMIC_CMP_AND_SWP || op == IBV_WR_ATOMIC_FETCH_AND_ADD) { n += 1 }
+            if e.pointee.done == 0 && sv_opcode_is_atomic(op) != 0 { n += 1 }
         }
         return n
     }
@@ -92,7 +92,7 @@ extension Runtime {
             let e = sv_ring_at(r, i)!
             i &+= 1
             let w = e.pointee.wr.send
-            guard e.pointee.done == 0, w.opcode == IBV_WR_ATOMIC_CMP_AND_SWP || w.opcode == IBV_WR_ATOMIC_FETCH_AND_ADD else { continue }
+            guard e.pointee.done == 0, sv_opcode_is_atomic(w.opcode) != 0 else { continue }
             if !out.contains(where: { $0.rkey == w.wr.atomic.rkey && $0.addr == w.wr.atomic.remote_addr }) {
                 out.append((w.wr.atomic.rkey, w.wr.atomic.remote_addr))
             }

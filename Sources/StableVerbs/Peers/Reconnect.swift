@@ -246,7 +246,7 @@ extension Runtime {
                 i &+= 1
                 if e.pointee.done != 0 { continue }
                 let w = e.pointee.wr.send
-                let atomic = w.opcode == IBV_WR_ATOMIC_CMP_AND_SWP || w.opcode == IBV_WR_ATOMIC_FETCH_AND_ADD
+                let atomic = sv_opcode_is_atomic(w.opcode) != 0
                 // A SEND counts by the peer's receives; the rest, when the peer's old QP could be
                 // asked, by the PSN it expected next (Peers/ExecutedWork.swift) — else by the
                 // SENDs around them, as RC executes in order.

@@ -1009,7 +1009,7 @@ extension Runtime {
             let e = sv_ring_at(r, i)!
             i &+= 1
             if e.pointee.done != 0 { continue }
-            sv_ring_take_psns(r, e, sv_ring_entry_length(r, e))  // its PSN on the QP it goes to now
+            sv_ring_take_psns(r, e, sv_ring_entry_length(e))  // its PSN on the QP it goes to now
             let w = UnsafeMutableRawPointer(e).assumingMemoryBound(to: ibv_send_wr.self)
             if e.pointee.inline_len > 0 {
                 let sg = sv_ring_sges(e)!

@@ -203,6 +203,10 @@ static inline int sv_opcode_consumes(enum ibv_wr_opcode op)
 	return op == IBV_WR_SEND || op == IBV_WR_SEND_WITH_IMM || op == IBV_WR_SEND_WITH_INV ||
 	       op == IBV_WR_RDMA_WRITE_WITH_IMM;
 }
+static inline int sv_opcode_is_atomic(enum ibv_wr_opcode op)
+{
+	return op == IBV_WR_ATOMIC_CMP_AND_SWP || op == IBV_WR_ATOMIC_FETCH_AND_ADD;
+}
 /* The PSNs an RC work request of `op` gathering `length` bytes takes (IBTA 9.7: one per packet of
  * a SEND or WRITE, one per response packet of a READ, one for an atomic; none for the local
  * operations), on a path of 2^shift-byte MTU. The peer protocol compares an entry's PSN with the
@@ -213,16 +217,20 @@ static inline uint32_t sv_wr_psns(enum ibv_wr_opcode op, uint32_t length, uint32
 	uint32_t packets = 1 + ((length - (length != 0)) >> (shift & 31));
 	return (op == IBV_WR_LOCAL_INV || op == IBV_WR_BIND_MW) ? 0 : packets;
 }
+/* The PSN after a work request of `op` gathering `length` bytes that starts at `psn` (24 bits). */
+static inline uint32_t sv_psn_after(uint32_t psn, enum ibv_wr_opcode op, uint32_t length, uint32_t shift)
+{
+	return (psn + sv_wr_psns(op, length, shift)) & 0xFFFFFFu;
+}
 /* Hands the entry the next PSN of its ring and advances it (poster). */
 static inline void sv_ring_take_psns(struct sv_wr_ring *r, struct sv_ring_entry *e, uint32_t length)
 {
 	e->psn = r->next_psn;
-	r->next_psn = (r->next_psn + sv_wr_psns(e->wr.send.opcode, length, r->mtu_shift)) & 0xFFFFFFu;
+	r->next_psn = sv_psn_after(r->next_psn, e->wr.send.opcode, length, r->mtu_shift);
 }
 /* The bytes a recorded send entry gathers (inline: the bytes kept). */
-static inline uint32_t sv_ring_entry_length(struct sv_wr_ring *r, struct sv_ring_entry *e)
+static inline uint32_t sv_ring_entry_length(struct sv_ring_entry *e)
 {
-	(void)r;
 	if (e->inline_len)
 		return e->inline_len;
 	uint32_t n = 0;
