@@ -284,6 +284,7 @@ extension QueuePair {
                 let wc = peer.receiveCompletion(r, status: IBV_WC_SUCCESS, opcode: IBV_WC_RECV, byteLen: payload.count, from: self,
                                                 imm: w.opcode == opSendImm ? w.imm : nil, grh: false, sl: sl)
                 peer.recvCQ.push(wc, solicited: w.solicited)
+                advancePSNs(peer, length: payload.count)
             }
             completeSend(w, status: IBV_WC_SUCCESS)
             return .done
@@ -311,6 +312,7 @@ extension QueuePair {
                                                 from: self, imm: w.imm, grh: false, sl: sl)
                 peer.recvCQ.push(wc, solicited: w.solicited)
             }
+            advancePSNs(peer, length: payload.count)
             completeSend(w, status: IBV_WC_SUCCESS)
             return .done
 
@@ -328,6 +330,7 @@ extension QueuePair {
                 dst.copyMemory(from: src + offset, byteCount: Int(s.length))
                 offset += Int(s.length)
             }
+            advancePSNs(peer, length: length)
             completeSend(w, status: IBV_WC_SUCCESS, byteLen: length)
             return .done
 
@@ -348,6 +351,7 @@ extension QueuePair {
             } else {
                 word.pointee = original &+ w.compareAdd
             }
+            advancePSNs(peer, length: 0)
             var result = original
             local.copyMemory(from: &result, byteCount: 8)
             completeSend(w, status: IBV_WC_SUCCESS, byteLen: 8)
@@ -356,6 +360,16 @@ extension QueuePair {
         default:
             return fail(w, IBV_WC_LOC_QP_OP_ERR)
         }
+    }
+
+    /// A request `peer` executed: both ends' PSNs move past its packets (IBTA: one per MTU of a
+    /// SEND, WRITE or READ response, at least one; one for an atomic), so that a query of the
+    /// responder's RQ PSN tells what it executed, as on hardware.
+    private func advancePSNs(_ peer: QueuePair, length: Int) {
+        let shift = 7 + Int(min(max(attr.path_mtu.rawValue, 1), 5))
+        let packets = UInt32(1 + (max(length, 1) - 1) >> shift)
+        attr.sq_psn = (attr.sq_psn &+ packets) & 0xFF_FFFF
+        peer.attr.rq_psn = (peer.attr.rq_psn &+ packets) & 0xFF_FFFF
     }
 
     /// The head WR waits at the responder until a receive is posted there (infinite RNR retry).

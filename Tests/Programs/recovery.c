@@ -28,7 +28,8 @@
  *               comes back once more
  *   lostacks    fatal, and the device dies before writing A's send completions not polled yet:
  *               B has the messages, A never saw them acknowledged (the shim must not send a SEND
- *               B completed again; atomics are executed again: run with -t)
+ *               B completed again; on one device atomics are executed again: run with -t; with
+ *               B on a second device, which lives, B's QPs tell which of A's atomics ran)
  *   lostrecvs   fatal, and the device dies before writing B's receive completions not polled
  *               yet: the data landed, A saw it acknowledged (the shim must make them again)
  *   external    the losses come from outside (a real device deleted, a NIC unplugged): the

@@ -238,6 +238,26 @@ struct RecoveryTests {
         #expect(out.stderr.components(separatedBy: counted).count - 1 == 12, "\(mode): 4 pairs × 3 losses × \"\(counted)\": \(out)")
     }
 
+    /// Both ends in this process on two devices, and A's device dies before it writes A's send
+    /// completions while B's lives on (it is released and rebuilt with A's: the recovery moves both
+    /// ends of a connection). B's QPs still answer at the release: the PSN each expected next says
+    /// which of A's atomics B executed; those are not posted again (their results are worked out
+    /// from the words in B's memory), so every FETCH_AND_ADD runs once without -t. Before (the
+    /// software HCA numbered no PSNs and the in-process counts posted them again; the library of
+    /// 5aaf31e), "A0: FETCH_AND_ADD of message 12 returned 15 (executed twice or lost?)".
+    @Test("completions lost with one of two devices: the atomics the other executed run once")
+    func lostCompletionsOneOfTwoDevices() throws {
+        let out = try Harness.runProgram("recovery", ["-m", "lostacks", "-q", "4"], setup: .ethTwoDevices,
+                                         extraEnvironment: recoveryEnvironment)
+        #expect(out.status == 0 && !out.timedOut, "\(out)")
+        #expect(out.line(startingWith: "recovery: lostacks, 192 messages, 3 recoveries, 2 devices, 0 errors") != nil, "\(out)")
+        // Each burst is WRITE, FETCH_AND_ADD, SEND × 4 per pair with 2 receives posted at B: the
+        // device executes up to the third SEND, which waits for a receive, when A's device dies —
+        // 3 atomics executed, the 4th (behind that SEND) not, and posted once by the replay.
+        let worked = out.stderr.components(separatedBy: "(in-process peer): 3 atomic(s) executed by the peer whose responses died: results worked out").count - 1
+        #expect(worked == 12, "4 pairs × 3 losses, each with 3 atomics executed by B: \(out)")
+    }
+
     /// B's QPs on one shared receive queue (-s; B finds each message's pair by wc.qp_num, its bytes
     /// in whichever pool buffer the SRQ handed out). Every mode replays the SRQ's receives; with
     /// lostacks the counts of QPs on an SRQ retire what B already had.

@@ -19,6 +19,12 @@
 // word unchanged when it holds something else than its swap value, else its compare value (the
 // swap happened). Exact when nothing else wrote the word after them (a word this connection
 // owns: a counter, a lock, a ticket); the log says how many results were worked out so.
+//
+// The other way round — the live end's atomics executed by the mover's old QP (its `rq_done`),
+// their responses dead with the mover's device — the words are in the mover's memory: the live end
+// asks the mover's shim for them (`words`, signed with the link's key, a nonce echoed) while it
+// answers the `moved` claim, before it counts; the mover's QP is not connected then, so nothing
+// of this connection changes them.
 
 import CVerbs
 import Glibc
@@ -82,8 +88,8 @@ extension Runtime {
     }
 
     /// The targets (virtual rkey, address) of the atomics not done in `q`'s send ring, oldest
-    /// first, at most 256 (control lock).
-    func atomicTargets(of q: QPRecord) -> [(rkey: UInt32, addr: UInt64)] {
+    /// first, at most 256; with `expected`, only those the responder executed (control lock).
+    func atomicTargets(of q: QPRecord, executedBefore expected: UInt32? = nil) -> [(rkey: UInt32, addr: UInt64)] {
         guard let r = q.ptr.pointee.send_ring else { return [] }
         var out: [(rkey: UInt32, addr: UInt64)] = []
         var i = sv_ring_head(r)
@@ -93,6 +99,7 @@ extension Runtime {
             i &+= 1
             let w = e.pointee.wr.send
             guard e.pointee.done == 0, sv_opcode_is_atomic(w.opcode) != 0 else { continue }
+            if let expected, !Runtime.executed(e, in: r, before: expected) { break }
             if !out.contains(where: { $0.rkey == w.wr.atomic.rkey && $0.addr == w.wr.atomic.remote_addr }) {
                 out.append((w.wr.atomic.rkey, w.wr.atomic.remote_addr))
             }
@@ -137,5 +144,79 @@ extension Runtime {
             restored += 1
         }
         return restored
+    }
+
+    // MARK: - The words of the live end's atomics, from the mover's memory
+
+    /// Asks the mover's shim (at `host`) for the words `targets` name in its memory: the results
+    /// of `link`'s atomics its old QP executed are worked out from them. Empty when it does not
+    /// answer in time or the answer is not the link's (service thread; no lock held on entry).
+    func askWords(_ link: PeerLink, at host: PeerHost?, _ targets: [(rkey: UInt32, addr: UInt64)]) -> [(rkey: UInt32, addr: UInt64, value: UInt64)] {
+        let nonce = hexString(randomBytes(16))
+        let (request, key, port, label): ([UInt8], [UInt8], UInt16, String) = withControlLock {
+            var m = PeerMessage("words")
+            m["from_qpn"] = String(link.qp.virtualQPN)
+            m["to_qpn"] = String(link.remoteQPN)
+            m["to_gid"] = gidHex(link.remoteGID)
+            m["atomics"] = PeerMessage.targetList(targets)
+            m["nonce"] = nonce
+            return (m.encoded(key: link.key), link.key, link.servicePort, link.label)
+        }
+        guard let host, let d = PeerSocket.exchangeParts(host: host, port: port, requests: [request], timeoutMS: 500)[0],
+              d.message.verb == "words", PeerMessage.verify(d, key: key), d.message["nonce"] == nonce else {
+            Log.warn("peer: \(label): the mover's shim did not tell the words its executed atomics target: their results are lost")
+            return []
+        }
+        return PeerMessage.wordList(d.message["values"])
+    }
+
+    /// A live peer asks for the words its atomics target in our memory (service thread): answered
+    /// only while our end of the link awaits its reconnection (its QP executes nothing of it).
+    func answerWords(_ d: DecodedPeerMessage) -> [UInt8] {
+        let m = d.message
+        guard let toQPN = m.number("to_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
+              let fromQPN = m.number("from_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
+              let toGID = m["to_gid"].flatMap(gidFromHex), let nonce = m["nonce"] else {
+            return PeerMessage("error").encoded(key: nil)
+        }
+        return withControlLock {
+            guard let q = localQP(qpn: toQPN, gid: toGID), let link = peers.links[key(q.ptr)],
+                  link.remoteQPN == fromQPN, PeerMessage.verify(d, key: link.key) else {
+                return PeerMessage("denied").encoded(key: nil)
+            }
+            guard link.state == .awaiting else { return PeerMessage("busy").encoded(key: link.key) }
+            let words = atomicWords(PeerMessage.targetList(m["atomics"]), in: q.context)
+            var r = PeerMessage("words")
+            r["values"] = PeerMessage.wordList(words)
+            r["nonce"] = nonce
+            Log.info("peer: \(link.label): told the peer the \(words.count) word(s) its atomics our old QP executed target")
+            return r.encoded(key: link.key)
+        }
+    }
+}
+
+extension PeerMessage {
+    /// `rkey:addr,...` (the `atomics` field).
+    static func targetList(_ targets: [(rkey: UInt32, addr: UInt64)]) -> String {
+        targets.map { "\($0.rkey):\($0.addr)" }.joined(separator: ",")
+    }
+
+    static func targetList(_ text: String?) -> [(rkey: UInt32, addr: UInt64)] {
+        (text ?? "").split(separator: ",").compactMap { p in
+            let f = p.split(separator: ":").compactMap { UInt64($0) }
+            return f.count == 2 ? (UInt32(truncatingIfNeeded: f[0]), f[1]) : nil
+        }
+    }
+
+    /// `rkey:addr:value,...` (the `values` field).
+    static func wordList(_ words: [(rkey: UInt32, addr: UInt64, value: UInt64)]) -> String {
+        words.map { "\($0.rkey):\($0.addr):\($0.value)" }.joined(separator: ",")
+    }
+
+    static func wordList(_ text: String?) -> [(rkey: UInt32, addr: UInt64, value: UInt64)] {
+        (text ?? "").split(separator: ",").compactMap { p in
+            let f = p.split(separator: ":").compactMap { UInt64($0) }
+            return f.count == 3 ? (UInt32(truncatingIfNeeded: f[0]), f[1], f[2]) : nil
+        }
     }
 }

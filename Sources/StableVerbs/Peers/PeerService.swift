@@ -7,6 +7,8 @@
 //            moved  (Reconnect.swift: my end of our link moved)   → reconnected | busy | collide | closed | denied
 //            pausing (Reconnect.swift: a planned detach begins)   → paused
 //            closed (LinkClosing.swift: my application ended it)  → ok | denied
+//            words  (ExecutedWork.swift: the words my atomics
+//                    target in your memory, while yours is moving) → words | busy | denied
 //            ud-pausing (UDPeers.swift: my UD QPs are moving)      → holding | denied
 //            ud-moved (UDPeers.swift: my UD QPs are now these,
 //                      and my GIDs at these addresses)            → noted | denied
@@ -127,6 +129,8 @@ extension Runtime {
             reply = answerPausing(d)
         case "closed":
             reply = answerClosed(d)
+        case "words":
+            reply = answerWords(d)
         case "ud-pausing":
             reply = answerUDPausing(d.message, from: PeerHost(peerOf: fd)).encoded(key: nil)
         case "ud-moved":

@@ -5,8 +5,10 @@
 // receives its QP has completed; `acked`, the receive-consuming messages (SEND, SEND_WITH_IMM,
 // WRITE_WITH_IMM) of its send queue known complete — its MRs' rkeys (virtual → real) and the
 // descriptions of its last acked messages. The peer holds its context (posts buffered), drains its
-// CQs, resets its QP and brings it to RTS towards the new end with fresh PSNs, applies the counts
-// and answers `reconnected` with the same fields; the mover then brings its QP to RTS.
+// CQs (and, when the mover's old QP executed atomics of its own whose responses died, asks the
+// mover's shim for the words they target: `words`, Peers/ExecutedWork.swift), resets its QP and
+// brings it to RTS towards the new end with fresh PSNs, applies the counts and answers
+// `reconnected` with the same fields; the mover then brings its QP to RTS.
 //
 // Applying the counts (each side, for its own queues):
 // - sends: an entry whose `msgno` (receive-consuming messages before it) is below the peer's `seen`
@@ -50,14 +52,8 @@ struct PeerEndpoint {
             guard kv.count == 2, let v = UInt32(kv[0]), let r = UInt32(kv[1]) else { return nil }
             return (v, r)
         }
-        for p in (m["atomics"] ?? "").split(separator: ",") {
-            let f = p.split(separator: ":").compactMap { UInt64($0) }
-            if f.count == 2 { counts.atomicTargets.append((UInt32(truncatingIfNeeded: f[0]), f[1])) }
-        }
-        for p in (m["values"] ?? "").split(separator: ",") {
-            let f = p.split(separator: ":").compactMap { UInt64($0) }
-            if f.count == 3 { counts.atomicWords.append((UInt32(truncatingIfNeeded: f[0]), f[1], f[2])) }
-        }
+        counts.atomicTargets = PeerMessage.targetList(m["atomics"])
+        counts.atomicWords = PeerMessage.wordList(m["values"])
         for p in (m["msgs"] ?? "").split(separator: ",") {
             let f = p.split(separator: ":").compactMap { UInt64($0) }
             guard f.count == 4 || f.count == 5 else { continue }
@@ -390,12 +386,32 @@ extension Runtime {
             return (claims, held)
         }
         if !held.isEmpty { waitForStragglers(held) }
-        return withControlLock {
+        // Our atomics the mover's old QP executed whose responses died with its device: the words
+        // they target are in its memory; its shim reads them (Peers/ExecutedWork.swift).
+        let asks: [(index: Int, link: PeerLink, host: PeerHost?, targets: [(rkey: UInt32, addr: UInt64)])] = withControlLock {
             for c in held { drainCQs(c) }
+            return claims.enumerated().compactMap { i, claim in
+                let link: PeerLink, peer: PeerEndpoint
+                switch claim {
+                case .reset(let l, let p), .finish(let l, let p): (link, peer) = (l, p)
+                default: return nil
+                }
+                guard let expected = peer.counts.expected else { return nil }
+                let targets = atomicTargets(of: link.qp, executedBefore: expected)
+                guard !targets.isEmpty else { return nil }
+                // Where the mover's shim is now (as connect() notes it below).
+                let moved = peers.hostOverride == nil && PeerHost(gid: link.remoteGID) != nil
+                return (i, link, moved ? PeerHost(gid: peer.gid) ?? link.host : link.host, targets)
+            }
+        }
+        var words: [Int: [(rkey: UInt32, addr: UInt64, value: UInt64)]] = [:]
+        for a in asks { words[a.index] = askWords(a.link, at: a.host, a.targets) }
+        return withControlLock {
             var replies: [[UInt8]] = []
             var reset: [QPRecord] = []   // live QPs reset towards their peer's new end
-            for claim in claims {
-                let link: PeerLink, peer: PeerEndpoint, wasLive: Bool
+            for (i, claim) in claims.enumerated() {
+                let link: PeerLink, wasLive: Bool
+                var peer: PeerEndpoint
                 switch claim {
                 case .denied: replies.append(PeerMessage("denied").encoded(key: nil)); continue
                 case .busy(let l): replies.append(PeerMessage("busy").encoded(key: l.key)); continue
@@ -404,6 +420,7 @@ extension Runtime {
                 case .reset(let l, let p): (link, peer, wasLive) = (l, p, true)
                 case .finish(let l, let p): (link, peer, wasLive) = (l, p, false)
                 }
+                if let w = words[i] { peer.counts.atomicWords = w }
                 let rqPSN = UInt32.random(in: 0...0xFFFFFF)
                 // What our old QP executed of the mover's work, asked before the reset.
                 let expected = wasLive ? expectedPSN(of: link.qp) : link.qp.expectedPSNAtRelease
@@ -412,8 +429,7 @@ extension Runtime {
                 if rc == 0 {
                     describeEnd(link, psn: rqPSN, expected: expected, into: &reply)
                     if expected != nil, !peer.counts.atomicTargets.isEmpty {
-                        reply["values"] = atomicWords(peer.counts.atomicTargets, in: link.qp.context)
-                            .map { "\($0.rkey):\($0.addr):\($0.value)" }.joined(separator: ",")
+                        reply["values"] = PeerMessage.wordList(atomicWords(peer.counts.atomicTargets, in: link.qp.context))
                     }
                     applyCounts(link.qp, label: link.label, peer.counts)
                     link.state = .ready
@@ -560,7 +576,7 @@ extension Runtime {
                 var m = PeerMessage("moved")
                 describeEnd(link, psn: psn, expected: link.qp.expectedPSNAtRelease, into: &m)
                 let targets = atomicTargets(of: link.qp)
-                if !targets.isEmpty { m["atomics"] = targets.map { "\($0.rkey):\($0.addr)" }.joined(separator: ",") }
+                if !targets.isEmpty { m["atomics"] = PeerMessage.targetList(targets) }
                 return (m.encoded(key: link.key), link.key, psn)
             }
         }

@@ -704,6 +704,7 @@ extension Runtime {
             // tasks are idle: soft lockups with hundreds of QPs), and no completion can come after
             // the drain and be lost with its CQ. Then what completed before, then the destroys.
             for c in group where !c.released { stopQPs(c) }
+            keepInProcessExpectedPSNs(group)
             for c in group where !c.released { drainCQs(c) }
             for c in group where !c.released { releaseContext(c) }
         }
@@ -958,7 +959,10 @@ extension Runtime {
     /// other's rings what the peer protocol's counts would tell it (Peers/Reconnect.swift): a SEND
     /// the receiver already completed is not sent again, a receive completion that died with the
     /// device after the sender saw the message acknowledged is made again. An atomic the responder
-    /// executed is posted again (at least once: its result died with the device). Control lock.
+    /// executed is not posted again when the responder's QP could be asked at the release (its
+    /// device still answered: keepInProcessExpectedPSNs), and its result is worked out from the
+    /// word it targets in this process's memory (Peers/ExecutedWork.swift); else it is posted
+    /// again (at least once: its result died with the device). Control lock.
     private func applyInProcessCounts(_ group: [ContextRecord]) {
         var index = QPNIndex()
         let members = Set(group.map { ObjectIdentifier($0) })
@@ -966,11 +970,31 @@ extension Runtime {
         for c in group {
             for q in c.nextOrder(c.qps, { $0.sequence }) {
                 guard let peer = index.peer(of: q), members.contains(ObjectIdentifier(peer.context)) else { continue }
-                told.append((q, counts(of: peer)))  // every count read before any is applied
+                var counts = counts(of: peer)  // every count read before any is applied
+                if let expected = peer.expectedPSNAtRelease {
+                    counts.expected = expected
+                    counts.atomicWords = atomicWords(atomicTargets(of: q, executedBefore: expected), in: peer.context)
+                }
+                told.append((q, counts))
             }
         }
         for (q, counts) in told {
-            applyCounts(q, label: "QP \(hex(q.virtualQPN)) (in-process peer)", counts, replayAtomics: true)
+            applyCounts(q, label: "QP \(hex(q.virtualQPN)) (in-process peer)", counts, replayAtomics: counts.expected == nil)
+        }
+        for (q, _) in told { q.expectedPSNAtRelease = nil }
+    }
+
+    /// Before a release destroys the QPs of `group` (stopped): the PSN each QP with an in-process
+    /// peer expected next, where that peer has atomics not done (the only work whose execution
+    /// the counts of SENDs cannot tell) and the QP's device still answers. Control lock.
+    private func keepInProcessExpectedPSNs(_ group: [ContextRecord]) {
+        var index = QPNIndex()
+        for c in group where !c.released {
+            for q in c.qps.values where peers.links[key(q.ptr)] == nil {
+                guard let peer = index.peer(of: q), let r = peer.ptr.pointee.send_ring,
+                      Runtime.atomicsAhead(r, from: sv_ring_head(r), to: sv_ring_tail(r)) > 0 else { continue }
+                q.expectedPSNAtRelease = expectedPSN(of: q)
+            }
         }
     }
 
