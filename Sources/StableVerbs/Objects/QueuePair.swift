@@ -29,6 +29,9 @@ final class QPRecord {
     /// The PSN the real QP expected when a release destroyed it (Peers/ExecutedWork.swift); nil
     /// once the connection is made again, or when the device no longer answered.
     var expectedPSNAtRelease: UInt32?
+    /// The real QP was made by a rebuild whose in-process counts are not applied yet: it carried
+    /// none of the ring's work, so it is not asked what it executed (Recovery.swift).
+    var rebuiltNotCounted = false
 
     init(ptr: UnsafeMutablePointer<sv_qp>, sequence: UInt64, context: ContextRecord, pd: PDRecord?,
          initAttr: ibv_qp_init_attr_ex, extended: Bool) {

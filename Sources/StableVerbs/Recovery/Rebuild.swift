@@ -200,6 +200,7 @@ extension Runtime {
             IdentityMap.remove(ctx.qpnUpMap, key: qp.ptr.pointee.real_qpn)
             sv_qp_index_remove(ctx.ptr, qp.ptr.pointee.real_qpn)
             qp.ptr.pointee.real = n
+            qp.rebuiltNotCounted = true
             qp.ptr.pointee.real_qpn = n.pointee.qp_num
             qp.ptr.pointee.qpx.qp_base.handle = n.pointee.handle
             qp.ptr.pointee.real_qpx = ops.qp_to_qp_ex?(n)

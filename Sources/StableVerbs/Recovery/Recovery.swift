@@ -982,15 +982,18 @@ extension Runtime {
             applyCounts(q, label: "QP \(hex(q.virtualQPN)) (in-process peer)", counts, replayAtomics: counts.expected == nil)
         }
         for (q, _) in told { q.expectedPSNAtRelease = nil }
+        for c in group { for q in c.qps.values { q.rebuiltNotCounted = false } }
     }
 
     /// Before a release destroys the QPs of `group` (stopped): the PSN each QP with an in-process
     /// peer expected next, where that peer has atomics not done (the only work whose execution
-    /// the counts of SENDs cannot tell) and the QP's device still answers. Control lock.
+    /// the counts of SENDs cannot tell) and the QP's device still answers. A QP rebuilt by this
+    /// recovery and released again before the counts (a device gone again) keeps what its old
+    /// QP said. Control lock.
     private func keepInProcessExpectedPSNs(_ group: [ContextRecord]) {
         var index = QPNIndex()
         for c in group where !c.released {
-            for q in c.qps.values where peers.links[key(q.ptr)] == nil {
+            for q in c.qps.values where peers.links[key(q.ptr)] == nil && !q.rebuiltNotCounted {
                 guard let peer = index.peer(of: q), let r = peer.ptr.pointee.send_ring,
                       Runtime.atomicsAhead(r, from: sv_ring_head(r), to: sv_ring_tail(r)) > 0 else { continue }
                 q.expectedPSNAtRelease = expectedPSN(of: q)
