@@ -873,11 +873,13 @@ int main(int argc, char **argv)
 			}
 			if (mode == REGONE) {
 				/* Armed once the shim let the device go (its release makes calls too): ENTRY[:SKIP];
-				 * default the create_qp after half of the rebuild's QPs. */
-				char entry[64] = "create_qp";
+				 * default the create_qp after half of the rebuild's QPs. Only this device's calls
+				 * count: with two devices the other one's rebuild may come first. */
+				char entry[64] = "create_qp", on[160];
 				int skip = ndev == 1 ? npairs : npairs / 2;
 				fault_spec("SVTEST_GONE_IN", entry, sizeof(entry), &skip);
-				TP_CHECK(sh_gone_in(entry, skip) == 0, "fault injection failed");
+				snprintf(on, sizeof(on), "%s@%s", entry, dev);
+				TP_CHECK(sh_gone_in(on, skip) == 0, "fault injection failed");
 			}
 			char newname[64];
 			snprintf(newname, sizeof(newname), "moved%d", done);

@@ -107,11 +107,15 @@ extension Runtime {
         return out
     }
 
-    /// The 64-bit words a mover's atomics target, read from this process's memory regions of `c`
-    /// (the mover's QP no longer executes anything here). Control lock.
-    func atomicWords(_ targets: [(rkey: UInt32, addr: UInt64)], in c: ContextRecord) -> [(rkey: UInt32, addr: UInt64, value: UInt64)] {
-        targets.compactMap { t in
-            guard t.addr & 7 == 0, let mr = c.mrs.values.first(where: { $0.ptr.pointee.mr.rkey == t.rkey }),
+    /// The 64-bit words a peer's atomics target, read from the memory regions its responder `q`
+    /// could execute them on — those of its PD with remote atomic access, as the hardware checks
+    /// (nothing of that connection executes here any more). Control lock.
+    func atomicWords(_ targets: [(rkey: UInt32, addr: UInt64)], at q: QPRecord) -> [(rkey: UInt32, addr: UInt64, value: UInt64)] {
+        let atomicAccess = UInt32(IBV_ACCESS_REMOTE_ATOMIC.rawValue)
+        return targets.compactMap { t in
+            guard t.addr & 7 == 0,
+                  let mr = q.context.mrs.values.first(where: { $0.ptr.pointee.mr.rkey == t.rkey }),
+                  mr.access & atomicAccess != 0, q.pd.map({ $0 === mr.pd }) ?? true,
                   let base = mr.addr else { return nil }
             let start = UInt64(UInt(bitPattern: base))
             guard t.addr >= start, t.addr &+ 8 <= start &+ UInt64(mr.length),
@@ -185,7 +189,7 @@ extension Runtime {
                 return PeerMessage("denied").encoded(key: nil)
             }
             guard link.state == .awaiting else { return PeerMessage("busy").encoded(key: link.key) }
-            let words = atomicWords(PeerMessage.targetList(m["atomics"]), in: q.context)
+            let words = atomicWords(PeerMessage.targetList(m["atomics"]), at: q)
             var r = PeerMessage("words")
             r["values"] = PeerMessage.wordList(words)
             r["nonce"] = nonce

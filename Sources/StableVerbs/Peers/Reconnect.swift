@@ -429,7 +429,7 @@ extension Runtime {
                 if rc == 0 {
                     describeEnd(link, psn: rqPSN, expected: expected, into: &reply)
                     if expected != nil, !peer.counts.atomicTargets.isEmpty {
-                        reply["values"] = PeerMessage.wordList(atomicWords(peer.counts.atomicTargets, in: link.qp.context))
+                        reply["values"] = PeerMessage.wordList(atomicWords(peer.counts.atomicTargets, at: link.qp))
                     }
                     applyCounts(link.qp, label: link.label, peer.counts)
                     link.state = .ready

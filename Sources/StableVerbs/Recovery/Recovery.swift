@@ -973,7 +973,7 @@ extension Runtime {
                 var counts = counts(of: peer)  // every count read before any is applied
                 if let expected = peer.expectedPSNAtRelease {
                     counts.expected = expected
-                    counts.atomicWords = atomicWords(atomicTargets(of: q, executedBefore: expected), in: peer.context)
+                    counts.atomicWords = atomicWords(atomicTargets(of: q, executedBefore: expected), at: peer)
                 }
                 told.append((q, counts))
             }

@@ -62,7 +62,8 @@ extension StableVerbs {
 //   int stableverbs_softhca_removal_pending(const char *name);   1 while an rxe-like removal waits
 //   int stableverbs_softhca_fail(const char *entry, int err, int count, int skip);
 //   int stableverbs_softhca_gone_in(const char *entry, int skip);  the call of entry after skip
-//         more makes its device vanish (mode 0) and fails with EIO
+//         more makes its device vanish (mode 0) and fails with EIO; "entry@device": only the
+//         calls on that device count
 //   int stableverbs_softhca_present(const char *name);   1 while the device is in the list
 //   int stableverbs_softhca_set_port(const char *name, int port, int active);  the port goes down
 //         (PORT_ERR on every open context) or up (PORT_ACTIVE), the device staying
@@ -112,7 +113,10 @@ public func sv_softhca_fail(_ entry: UnsafePointer<CChar>?, _ err: Int32, _ coun
 public func sv_softhca_gone_in(_ entry: UnsafePointer<CChar>?, _ skip: Int32) -> Int32 {
     guard softHCAActive() else { return ENOTSUP }
     guard let entry else { return EINVAL }
-    SoftHCA.removeDeviceIn(String(cString: entry), skip: Int(max(0, skip)))
+    // ENTRY or ENTRY@DEVICE (only that device's calls count).
+    let parts = String(cString: entry).split(separator: "@", maxSplits: 1).map(String.init)
+    guard let name = parts.first else { return EINVAL }
+    SoftHCA.removeDeviceIn(name, skip: Int(max(0, skip)), device: parts.count == 2 ? parts[1] : nil)
     return 0
 }
 
