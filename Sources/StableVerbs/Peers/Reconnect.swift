@@ -213,13 +213,20 @@ extension Runtime {
         // A peer whose address changed with its move (its NIC re-addressed): its shim is found
         // there from now on, and so are new connections and UD address handles towards its old
         // GID (the claim was signed with the connection's key: it comes from the shim that owned it).
-        if PeerHost(gid: link.remoteGID) != nil, let now = PeerHost(gid: peer.gid) {
-            if peers.hostOverride == nil { link.host = now }
+        if PeerHost(gid: link.remoteGID) != nil, PeerHost(gid: peer.gid) != nil {
+            link.host = peerHost(of: link, movedTo: peer)
             noteMovedGIDs([(link.remoteGID, peer.gid)])  // nothing when it is where it was
         }
         let rk = link.ids.pointer(to: \.rkeys)!
         for (v, r) in peer.rkeys { _ = IdentityMap.set(rk, key: v, value: r) }
         return 0
+    }
+
+    /// Where the shim of `link`'s peer is once its end moved to `peer`: the host its new GID
+    /// names, when its GIDs name hosts and STABLEVERBS_PEER_HOST does not say; else where it was.
+    func peerHost(of link: PeerLink, movedTo peer: PeerEndpoint) -> PeerHost? {
+        guard peers.hostOverride == nil, PeerHost(gid: link.remoteGID) != nil, let now = PeerHost(gid: peer.gid) else { return link.host }
+        return now
     }
 
     // MARK: - Counts
@@ -399,9 +406,7 @@ extension Runtime {
                 guard let expected = peer.counts.expected else { return nil }
                 let targets = atomicTargets(of: link.qp, executedBefore: expected)
                 guard !targets.isEmpty else { return nil }
-                // Where the mover's shim is now (as connect() notes it below).
-                let moved = peers.hostOverride == nil && PeerHost(gid: link.remoteGID) != nil
-                return (i, link, moved ? PeerHost(gid: peer.gid) ?? link.host : link.host, targets)
+                return (i, link, peerHost(of: link, movedTo: peer), targets)
             }
         }
         var words: [Int: [(rkey: UInt32, addr: UInt64, value: UInt64)]] = [:]
