@@ -26,7 +26,7 @@
 # With NET_DELAY_MS=N this guest's NIC delays every packet it sends by N ms (netem): on the server,
 # the responses to the client's requests are still on their way when the client's NIC is pulled
 # (the server executed requests whose responses die with the client's device).
-# Prints PEER-RESULT side=… rc=… iters=… recoveries=… and the programs' output.
+# Prints PEER-RESULT side=… rc=… iters=… recoveries=… seconds=… (how long the program ran) and the programs' output.
 set -u
 ROLE=$1 PROG=$2 N=$3 LOSSES=$4 HOW=${5:-delete}
 for w in $(echo "$HOW" | tr ',' ' '); do
@@ -51,6 +51,7 @@ mkdir -p "$OUT"
 
 run() {  # side peer-address-or-empty; a client retries while the server is not listening yet
   tries=0
+  date +%s > "$OUT/$1.start"
   while :; do
     case "$PROG" in
       ib_*) gid="-x 1" ;;   # perftest
@@ -65,6 +66,12 @@ run() {  # side peer-address-or-empty; a client retries while the server is not 
   echo $rc > "$OUT/$1.rc"
 }
 
+elapsed() {  # side: seconds since its program started (to its end, or now if it was killed)
+  start=$(cat "$OUT/$1.start" 2>/dev/null || date +%s)
+  end=$(stat -c %Y "$OUT/$1.rc" 2>/dev/null || date +%s)
+  echo $((end - start))
+}
+
 result() {  # side
   rc=$(cat "$OUT/$1.rc" 2>/dev/null || echo killed)
   case "$PROG" in
@@ -73,7 +80,7 @@ result() {  # side
   esac
   recoveries=$(grep -c 'recovery #' "$OUT/$1.err")
   sed "s/^/$1: /" "$OUT/$1.out" "$OUT/$1.err" | grep -v ' bytes in \|^[a-z]*: *$'
-  echo "PEER-RESULT side=$1 rc=$rc iters=${iters:-0} recoveries=$recoveries"
+  echo "PEER-RESULT side=$1 rc=$rc iters=${iters:-0} recoveries=$recoveries seconds=$(elapsed $1)"
 }
 
 alive() { for p in "$@"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
@@ -110,6 +117,7 @@ lose() {  # sides -- pids: while the programs run, LOSSES times the device goes 
     alive "$@" || break
     k=$((k+1))
     how=$(way $k)
+    echo "peer-recovery: $(elapsed $sides) s into the run"
     echo "peer-recovery: loss $k ($how)"
     case "$how" in
       nic) lab-device nic-replace ;;
