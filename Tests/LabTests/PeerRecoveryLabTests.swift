@@ -45,10 +45,10 @@ extension LabTests {
     /// `program` across two guests; the client guest's device goes `k` times (`how`). `seconds`:
     /// how long the programs may take (the guest script kills them after that).
     private func twoGuest(_ program: String = "ibv_rc_pingpong", iterations n: Int, losses k: Int,
-                          how: String, seconds: Int = 480) async throws -> [(guest: Int, text: String)] {
+                          how: String, seconds: Int = 480, environment: String = "") async throws -> [(guest: Int, text: String)] {
         let (status, lines, _) = try await Lab.run([
-            "WAITFOR=\(seconds * 10) \(script) server \(program) \(n) 0",
-            "WAITFOR=\(seconds * 10) \(script) client \(program) \(n) \(k) \(how)",
+            "\(environment) WAITFOR=\(seconds * 10) \(script) server \(program) \(n) 0",
+            "\(environment) WAITFOR=\(seconds * 10) \(script) client \(program) \(n) \(k) \(how)",
         ], guests: 2, timeout: Double(seconds + 90 * k))
         expectSurvived(lines, status: status, iterations: n, movers: ["client": k])
         return lines
@@ -143,6 +143,27 @@ extension LabTests {
         #expect(remade.count == k, "the server's shim made its address handle towards the client's new GID \(remade.count) time(s), expected \(k)")
         let refused = lines.filter { $0.text.contains("was refused") }
         #expect(refused.isEmpty, "\(refused)")
+    }
+
+    /// A connection whose address names no host (InfiniBand by LID only, as ibv_rc_pingpong and
+    /// perftest connect by default, or towards a link-local GID): the introducer looks for the peer's
+    /// shim on the hosts of the program's own TCP connections, and the other end learns the
+    /// introducer's host from its `hello`. rxe needs GIDs, so the lab takes that path with
+    /// STABLEVERBS_PEER_FIND=connections (the GIDs are not used to find hosts): ibv_rc_pingpong
+    /// across two guests through a deletion and a NIC swap of the client guest's device. With the
+    /// previous library a LID-only connection had no peer shim ("by LID only: no peer shim can be
+    /// reached"): its first move ended it.
+    @Test("peer protocol: ibv_rc_pingpong whose peer shim is found through the program's own TCP connection",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
+    func peerFoundByConnections() async throws {
+        let k = losses.map { min($0, 3) } ?? 2
+        let lines = try await twoGuest(iterations: iterations("ibv_rc_pingpong", losses: k), losses: k, how: "delete,nic",
+                                       environment: "STABLEVERBS_PEER_FIND=connections")
+        let text = lines.map(\.text)
+        let found = text.filter { $0.hasPrefix("server: ") && $0.contains("↔10.77.0.2/") && $0.contains("host(s) of this process's connections") }
+        #expect(found.count == 1, "the server's shim did not find the client's shim among its connections: \(text.filter { $0.contains("peer:") })")
+        #expect(text.contains { $0.hasPrefix("client: ") && $0.contains("introduced by the peer") }, "\(text.filter { $0.contains("peer:") })")
+        #expect(!text.contains { $0.contains("GID(s) of a peer moved") })
     }
 
     /// ibv_rc_pingpong across two guests: the client guest's NIC is replaced by one with another IP

@@ -35,6 +35,14 @@ final class PeerLink {
     let remoteGID: ibv_gid
     /// This end's virtual GID (the one its path uses).
     let localGID: ibv_gid
+    /// The LIDs of a connection by LID only (both GIDs zero): this port's virtual LID, the
+    /// destination's.
+    var localLID: UInt16 = 0
+    var remoteLID: UInt16 = 0
+    /// Where to look for the peer's shim when its address names no host: the hosts of this
+    /// process's connections when the application connected the QP (its exchange socket may be
+    /// closed by the time the introduction is made).
+    var candidates: [PeerHost] = []
     /// Where the peer's shim is: the host its GID names, and where it moved to since (Reconnect.swift).
     var host: PeerHost?
     var state: State = .introducing
@@ -72,10 +80,11 @@ final class PeerLink {
         IdentityMap.initialize(ids.pointer(to: \.qpns)!)
     }
 
-    /// The lower end introduces itself.
+    /// The lower end introduces itself: by GID, then (by LID only) LID, then QPN.
     var introducer: Bool {
         let a = gidHex(localGID), b = gidHex(remoteGID)
-        return a != b ? a < b : qp.virtualQPN < remoteQPN
+        if a != b { return a < b }
+        return localLID != remoteLID ? localLID < remoteLID : qp.virtualQPN < remoteQPN
     }
 
     var label: String { "\(hex(qp.virtualQPN))↔\(host.map { "\($0)" } ?? "?")/\(hex(remoteQPN))" }
@@ -130,6 +139,8 @@ final class PeerRegistry {
     var portRange: [UInt16] { (0..<portCount).map { basePort &+ $0 } }
     let timeoutNS: UInt64
     let hostOverride: PeerHost?
+    /// Where a peer shim is looked for (PeerDiscovery.swift).
+    let finding: Finding
     let enabled: Bool
     /// How long a peer that announced a planned detach is waited for.
     let plannedTimeoutNS: UInt64
@@ -143,6 +154,7 @@ final class PeerRegistry {
         portCount = max(1, Configuration.environment("STABLEVERBS_PEER_PORTS").flatMap { UInt16($0) } ?? 16)
         timeoutNS = (Configuration.environment("STABLEVERBS_PEER_TIMEOUT_MS").flatMap { UInt64($0) } ?? 10_000) * 1_000_000
         hostOverride = Configuration.environment("STABLEVERBS_PEER_HOST").flatMap { PeerHost(text: $0) }
+        finding = PeerRegistry.finding()
         enabled = Configuration.environment("STABLEVERBS_PEER") != "off"
         plannedTimeoutNS = (Configuration.environment("STABLEVERBS_PEER_PLANNED_TIMEOUT_MS").flatMap { UInt64($0) } ?? 600_000) * 1_000_000
         moveTimeoutNS = (Configuration.environment("STABLEVERBS_PEER_MOVE_TIMEOUT_MS").flatMap { UInt64($0) } ?? 30_000) * 1_000_000
@@ -154,20 +166,28 @@ extension Runtime {
     /// and let the service thread introduce it. Control lock.
     func noteExternalConnection(_ rec: QPRecord, av: ibv_ah_attr, destQPN: UInt32) {
         guard peers.enabled, rec.type == IBV_QPT_RC else { return }
-        var localGID = ibv_gid()
-        if av.is_global != 0, let port = rec.context.port(av.port_num),
-           let pair = port.gids[Int32(av.grh.sgid_index)] {
-            localGID = pair.virtual
+        var localGID = ibv_gid(), remoteGID = ibv_gid()
+        if av.is_global != 0 {
+            remoteGID = av.grh.dgid
+            if let port = rec.context.port(av.port_num), let pair = port.gids[Int32(av.grh.sgid_index)] {
+                localGID = pair.virtual
+            }
         }
-        let host = peers.hostOverride ?? (av.is_global != 0 ? peers.host(of: av.grh.dgid) : nil)
+        let host = peers.hostOverride ?? (peers.gidNamesHost(remoteGID) ? peers.host(of: remoteGID) : nil)
         if let old = peers.links[key(rec.ptr)] {
-            if old.remoteQPN == destQPN && sameGID(old.remoteGID, av.grh.dgid) { return }
+            if old.remoteQPN == destQPN && sameGID(old.remoteGID, remoteGID) && old.remoteLID == (av.is_global != 0 ? 0 : av.dlid) { return }
             dropLink(rec)
         }
-        let link = PeerLink(qp: rec, remoteQPN: destQPN, remoteGID: av.grh.dgid, localGID: localGID, host: host)
+        let link = PeerLink(qp: rec, remoteQPN: destQPN, remoteGID: remoteGID, localGID: localGID, host: host)
+        if av.is_global == 0 {
+            link.localLID = rec.context.port(av.port_num)?.virtualLID ?? 0
+            link.remoteLID = av.dlid
+        }
         if host == nil {
-            link.state = .unmanaged
-            Log.info("peer: QP \(hex(rec.virtualQPN)) connects to \(hex(destQPN)) by LID only: no peer shim can be reached (set STABLEVERBS_PEER_HOST); the connection does not survive a move")
+            // The introducer looks for the peer's shim on the hosts of this process's connections
+            // (PeerDiscovery.swift); the other end learns its host from the introducer's `hello`.
+            if link.introducer { link.candidates = ConnectionHosts.current() }
+            Log.info("peer: QP \(hex(rec.virtualQPN)) connects to \(hex(destQPN)) by \(av.is_global != 0 ? "a GID that names no host" : "LID only (LID \(hex(UInt32(av.dlid))))"): \(link.introducer ? "its shim is looked for on the hosts of this process's TCP connections" : "waiting for the peer's shim to introduce itself")")
         }
         peers.links[key(rec.ptr)] = link
         startPeerService()
@@ -199,36 +219,48 @@ extension Runtime {
     /// Introduces the links this end is responsible for (service thread; no lock held on entry).
     func introducePendingLinks() {
         let now = monotonicNS()
-        let todo: [(PeerLink, PeerMessage, PeerHost, [UInt8])] = withControlLock {
+        let todo: [(PeerLink, PeerMessage, PeerHost?, [UInt8])] = withControlLock {
             peers.links.values.compactMap { l in
-                guard l.state == .introducing, l.introducer, let host = l.host, now >= l.nextAttempt else { return nil }
+                guard l.state == .introducing, l.introducer, now >= l.nextAttempt else { return nil }
                 var m = PeerMessage("hello")
                 m["from_qpn"] = String(l.qp.virtualQPN)
                 m["from_gid"] = gidHex(l.localGID)
                 m["to_qpn"] = String(l.remoteQPN)
                 m["to_gid"] = gidHex(l.remoteGID)
+                if l.remoteLID != 0 {
+                    m["from_lid"] = String(l.localLID)
+                    m["to_lid"] = String(l.remoteLID)
+                }
                 let nonce = randomBytes(16)
                 m["nonce"] = hexString(nonce)
                 m["port"] = String(peers.port)
-                return (l, m, host, nonce)
+                return (l, m, l.host, nonce)
             }
         }
+        // Links whose address names no host: the hosts of this process's connections when the
+        // link was made, then those of now (read once).
+        let connected = todo.contains { $0.2 == nil } ? ConnectionHosts.current() : []
         for (link, hello, host, nonce) in todo {
             var answered = false
-            for port in peers.portRange {
-                guard let reply = PeerSocket.exchange(host: host, port: port, request: hello.encoded(key: nil), timeoutMS: 300),
-                      let d = PeerMessage.decode(reply) else { continue }
-                if d.message.verb == "owner", let n2 = d.message["nonce"].flatMap(bytesFromHex) {
-                    withControlLock {
-                        guard peers.links[key(link.qp.ptr)] === link else { return }
-                        link.key = linkKey(nonce, n2, "\(link.qp.virtualQPN)/\(link.remoteQPN)")
-                        link.servicePort = port
-                        link.state = .ready
-                        storePeer(link.qp.ptr.pointer(to: \.peer)!, link.ids)
+            var found = link.candidates  // set once, before the link was published
+            for h in connected where !found.contains(h) { found.append(h) }
+            search: for h in host.map({ [$0] }) ?? found {
+                for port in peers.portRange {
+                    guard let reply = PeerSocket.exchange(host: h, port: port, request: hello.encoded(key: nil), timeoutMS: 300),
+                          let d = PeerMessage.decode(reply) else { continue }
+                    if d.message.verb == "owner", let n2 = d.message["nonce"].flatMap(bytesFromHex) {
+                        withControlLock {
+                            guard peers.links[key(link.qp.ptr)] === link else { return }
+                            link.key = linkKey(nonce, n2, "\(link.qp.virtualQPN)/\(link.remoteQPN)")
+                            link.host = h
+                            link.servicePort = port
+                            link.state = .ready
+                            storePeer(link.qp.ptr.pointer(to: \.peer)!, link.ids)
+                        }
+                        Log.info("peer: link \(link.label) introduced (peer shim on port \(port)\(host == nil ? ", found among the \(found.count) host(s) of this process's connections" : ""))")
+                        answered = true
+                        break search
                     }
-                    Log.info("peer: link \(link.label) introduced (peer shim on port \(port))")
-                    answered = true
-                    break
                 }
             }
             if !answered {
@@ -236,7 +268,8 @@ extension Runtime {
                     link.introduceAttempts += 1
                     if link.introduceAttempts >= 20 {
                         link.state = .unmanaged
-                        Log.info("peer: no shim owns \(link.label): the connection is unmanaged (it does not survive a move)")
+                        let asked = host == nil ? " (asked the hosts of this process's connections: \(found.isEmpty ? "none" : found.map { "\($0)" }.joined(separator: ", ")); STABLEVERBS_PEER_HOST names the peer's host)" : ""
+                        Log.info("peer: no shim owns \(link.label)\(asked): the connection is unmanaged (it does not survive a move)")
                     } else {
                         link.nextAttempt = monotonicNS() &+ UInt64(min(1000, 50 << min(link.introduceAttempts, 5))) * 1_000_000
                     }
@@ -246,23 +279,31 @@ extension Runtime {
     }
 
     /// The service's side of an introduction: do we own `to_qpn`? Control lock taken here.
-    func answerHello(_ m: PeerMessage, port: UInt16) -> PeerMessage {
+    func answerHello(_ m: PeerMessage, port: UInt16, from source: PeerHost?) -> PeerMessage {
         guard let toQPN = m.number("to_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
               let fromQPN = m.number("from_qpn").map({ UInt32(truncatingIfNeeded: $0) }),
               let toGID = m["to_gid"].flatMap(gidFromHex), let fromGID = m["from_gid"].flatMap(gidFromHex),
               let n1 = m["nonce"].flatMap(bytesFromHex) else { return PeerMessage("error") }
+        // By LID only: the destination's LID too (QPNs repeat from host to host; a LID is one port's).
+        let toLID = m.number("to_lid").map { UInt16(truncatingIfNeeded: $0) } ?? 0
+        let fromLID = m.number("from_lid").map { UInt16(truncatingIfNeeded: $0) } ?? 0
         return withControlLock {
-            guard let q = localQP(qpn: toQPN, gid: toGID) else { return PeerMessage("not-mine") }
+            guard let q = localQP(qpn: toQPN, gid: toGID),
+                  toLID == 0 || q.context.ports.contains(where: { $0.virtualLID == toLID }) else { return PeerMessage("not-mine") }
             let link: PeerLink
-            if let l = peers.links[key(q.ptr)], l.remoteQPN == fromQPN, sameGID(l.remoteGID, fromGID) {
+            if let l = peers.links[key(q.ptr)], l.remoteQPN == fromQPN, sameGID(l.remoteGID, fromGID), l.remoteLID == fromLID {
                 link = l
             } else {
                 // Introduced before the application moved this end to RTR: the link starts here.
                 if peers.links[key(q.ptr)] != nil { dropLink(q, tellPeer: false) }
                 link = PeerLink(qp: q, remoteQPN: fromQPN, remoteGID: fromGID, localGID: toGID,
-                                host: peers.hostOverride ?? PeerHost(gid: fromGID))
+                                host: peers.hostOverride ?? (peers.gidNamesHost(fromGID) ? PeerHost(gid: fromGID) : nil))
+                link.localLID = toLID
+                link.remoteLID = fromLID
                 peers.links[key(q.ptr)] = link
             }
+            // An address that names no host: the introducer's shim is where its `hello` came from.
+            if link.host == nil { link.host = source }
             let n2 = randomBytes(16)
             link.key = linkKey(n1, n2, "\(fromQPN)/\(toQPN)")
             link.servicePort = UInt16(truncatingIfNeeded: m.number("port") ?? 0)

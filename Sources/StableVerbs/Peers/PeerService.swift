@@ -122,7 +122,7 @@ extension Runtime {
         let reply: [UInt8]
         switch d.message.verb {
         case "hello":
-            reply = answerHello(d.message, port: peers.port).encoded(key: nil)
+            reply = answerHello(d.message, port: peers.port, from: PeerHost(peerOf: fd)).encoded(key: nil)
         case "moved":
             reply = answerMoved(d)
         case "pausing":

@@ -213,7 +213,7 @@ extension Runtime {
         // A peer whose address changed with its move (its NIC re-addressed): its shim is found
         // there from now on, and so are new connections and UD address handles towards its old
         // GID (the claim was signed with the connection's key: it comes from the shim that owned it).
-        if PeerHost(gid: link.remoteGID) != nil, PeerHost(gid: peer.gid) != nil {
+        if peers.gidNamesHost(link.remoteGID), peers.gidNamesHost(peer.gid) {
             link.host = peerHost(of: link, movedTo: peer)
             noteMovedGIDs([(link.remoteGID, peer.gid)])  // nothing when it is where it was
         }
@@ -225,7 +225,8 @@ extension Runtime {
     /// Where the shim of `link`'s peer is once its end moved to `peer`: the host its new GID
     /// names, when its GIDs name hosts and STABLEVERBS_PEER_HOST does not say; else where it was.
     func peerHost(of link: PeerLink, movedTo peer: PeerEndpoint) -> PeerHost? {
-        guard peers.hostOverride == nil, PeerHost(gid: link.remoteGID) != nil, let now = PeerHost(gid: peer.gid) else { return link.host }
+        guard peers.hostOverride == nil, peers.gidNamesHost(link.remoteGID), peers.gidNamesHost(peer.gid),
+              let now = PeerHost(gid: peer.gid) else { return link.host }
         return now
     }
 

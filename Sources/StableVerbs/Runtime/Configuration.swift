@@ -92,6 +92,7 @@ struct Configuration: Sendable {
         // the peer protocol (Peers/PeerLinks.swift)
         "STABLEVERBS_PEER", "STABLEVERBS_PEER_PORT", "STABLEVERBS_PEER_PORTS", "STABLEVERBS_PEER_TIMEOUT_MS",
         "STABLEVERBS_PEER_HOST", "STABLEVERBS_PEER_PLANNED_TIMEOUT_MS", "STABLEVERBS_PEER_MOVE_TIMEOUT_MS",
+        "STABLEVERBS_PEER_FIND",
     ]
 
     /// Variables of the project's tools, not of the library (the lab, the bench, the command):
