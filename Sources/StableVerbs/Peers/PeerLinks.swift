@@ -2,13 +2,15 @@
 // of the shim that owns that end (DESIGN §4, peer protocol).
 //
 // A link is made when the application moves an RC QP to RTR towards a destination outside this
-// process. Of the two ends, the one with the lower (virtual GID, virtual QPN) introduces itself: it
-// asks the services listening on the peer's host (the address inside the destination GID, ports
-// STABLEVERBS_PEER_PORT ... +STABLEVERBS_PEER_PORTS-1) which of them owns the destination QPN, and
-// the owner answers. Each side brings a nonce; the link key derived from both authenticates every
-// later message about the connection: a claim that it moved is accepted only from the shim that
-// took part in the introduction. A destination without a shim (no service answers) leaves the link
-// unmanaged: a move breaks that connection as it would natively.
+// process. Of the two ends, the one with the lower (virtual GID, virtual LID, virtual QPN)
+// introduces itself: it asks the services listening on the peer's host (the address inside the
+// destination GID, or where the GID names none, the hosts of the program's own connections:
+// PeerDiscovery.swift; ports STABLEVERBS_PEER_PORT ... +STABLEVERBS_PEER_PORTS-1) which of them
+// owns the destination QPN, and the owner answers. Each side brings a nonce; the link key derived
+// from both authenticates every later message about the connection: a claim that it moved is
+// accepted only from the shim that took part in the introduction. A destination without a shim
+// (no service answers) leaves the link unmanaged: a move breaks that connection as it would
+// natively.
 
 import CVerbs
 import Glibc
