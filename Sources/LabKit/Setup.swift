@@ -34,6 +34,7 @@ public struct LabSetup: Sendable {
         .init(path: "/usr/bin/rping", package: "rdmacm-utils", why: "rping"),
         .init(path: "/usr/bin/ib_write_lat", package: "perftest", why: "ib_*_lat"),
         .init(path: "/usr/sbin/rdma-ndd", package: "rdma-core", why: "rdma-core user space"),
+        .init(path: "/usr/bin/socat", package: "socat", why: "the relay of the peer-protocol lab tests (an address exchange made elsewhere)"),
     ]
 
     /// QEMU; STABLEVERBS_LAB_QEMU overrides it (pointing it at a missing file shows the skip path).

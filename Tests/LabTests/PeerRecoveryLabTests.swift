@@ -147,21 +147,29 @@ extension LabTests {
 
     /// A connection whose address names no host (InfiniBand by LID only, as ibv_rc_pingpong and
     /// perftest connect by default, or towards a link-local GID): the introducer looks for the peer's
-    /// shim on the hosts of the program's own TCP connections, and the other end learns the
-    /// introducer's host from its `hello`. rxe needs GIDs, so the lab takes that path with
-    /// STABLEVERBS_PEER_FIND=connections (the GIDs are not used to find hosts): ibv_rc_pingpong
-    /// across two guests through a deletion and a NIC swap of the client guest's device. With the
-    /// previous library a LID-only connection had no peer shim ("by LID only: no peer shim can be
-    /// reached"): its first move ended it.
-    @Test("peer protocol: ibv_rc_pingpong whose peer shim is found through the program's own TCP connection",
-          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
-    func peerFoundByConnections() async throws {
-        let k = losses.map { min($0, 3) } ?? 2
-        let lines = try await twoGuest(iterations: iterations("ibv_rc_pingpong", losses: k), losses: k, how: "delete,nic",
-                                       environment: "STABLEVERBS_PEER_FIND=connections")
+    /// shim on the hosts of the program's own TCP connections, then on those of its network
+    /// namespace, and the other end learns the introducer's host from its `hello`. rxe needs GIDs,
+    /// so the lab takes that path with STABLEVERBS_PEER_FIND=connections (the GIDs are not used to
+    /// find hosts): ibv_rc_pingpong across two guests through losses of the client guest's device.
+    /// `direct`: the program's own exchange socket leads to the client (a deletion and a NIC swap;
+    /// with the 7ae8c21 library a LID-only connection had no peer shim: its first move ended it).
+    /// `relay`: the server's program exchanges its address as an MPI rank does through its
+    /// launcher's daemon (peer-recovery.sh RELAY=1): it holds a connection to a local daemon for
+    /// its whole run and the client reaches it through a relay, so none of its own connections
+    /// leads to the client's host; the relay's (another process's, same namespace) does (a
+    /// deletion; with the 3ab38a2 library the server's shim asked only 127.0.0.1, its own
+    /// connections, and the connection was unmanaged).
+    @Test("peer protocol: ibv_rc_pingpong whose peer shim is found through TCP connections: the program's own, or its namespace's (the exchange went through a relay)",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)), arguments: ["direct", "relay"])
+    func peerFoundByConnections(exchange: String) async throws {
+        let relay = exchange == "relay"
+        let k = losses.map { min($0, 3) } ?? (relay ? 1 : 2)
+        let lines = try await twoGuest(iterations: iterations("ibv_rc_pingpong", losses: k), losses: k, how: relay ? "delete" : "delete,nic",
+                                       environment: "STABLEVERBS_PEER_FIND=connections" + (relay ? " RELAY=1" : ""))
         let text = lines.map(\.text)
-        let found = text.filter { $0.hasPrefix("server: ") && $0.contains("↔10.77.0.2/") && $0.contains("host(s) of this process's connections") }
-        #expect(found.count == 1, "the server's shim did not find the client's shim among its connections: \(text.filter { $0.contains("peer:") })")
+        #expect(!relay || text.contains { $0.contains("peer-recovery: the server's exchange goes through a relay") })
+        let found = text.filter { $0.hasPrefix("server: ") && $0.contains("↔10.77.0.2/") && $0.contains("of 10.77.0.2, found among the") }
+        #expect(found.count == 1, "the server's shim did not find the client's shim among the connections: \(text.filter { $0.contains("peer:") })")
         #expect(text.contains { $0.hasPrefix("client: ") && $0.contains("introduced by the peer") }, "\(text.filter { $0.contains("peer:") })")
         #expect(!text.contains { $0.contains("GID(s) of a peer moved") })
     }

@@ -35,6 +35,25 @@ struct PeerDiscoveryTests {
         #expect(ConnectionHosts.parse("header only\n").isEmpty)
     }
 
+    @Test("hosts asked: this process's connections, then the namespace's established ones, then closing ones; each once, at most 64")
+    func pickOrder() throws {
+        func h(_ t: String) throws -> PeerHost { try #require(PeerHost(text: t)) }
+        let entries: [(host: PeerHost, state: UInt8, inode: UInt64)] = [
+            (try h("10.0.0.9"), 0x06, 0),     // TIME_WAIT (a closed exchange socket)
+            (try h("10.0.0.5"), 0x01, 50),    // another process's (an MPI launcher's daemon)
+            (try h("127.0.0.1"), 0x01, 7),    // this process's (to its local daemon)
+            (try h("10.0.0.6"), 0x08, 51),    // another process's, closing
+            (try h("10.0.0.5"), 0x01, 52),    // the same host again
+            (try h("10.0.0.7"), 0x0A, 53),    // listening: not a connection
+        ]
+        let picked = ConnectionHosts.pick(entries, own: [7])
+        #expect(picked.map { "\($0)" } == ["127.0.0.1", "10.0.0.5", "10.0.0.6", "10.0.0.9"])
+        let many = try (0..<100).map { (host: try h("10.1.0.\($0)"), state: UInt8(1), inode: UInt64($0)) }
+        let capped = ConnectionHosts.pick(many, own: [99])
+        let own = try h("10.1.0.99")
+        #expect(capped.count == ConnectionHosts.limit && capped.first == own)
+    }
+
     @Test("the hosts of this process's own established connections come first")
     func ownConnections() throws {
         // A connection of this process to 127.0.0.1: its remote host must be found, first.

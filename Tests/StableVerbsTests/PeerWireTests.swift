@@ -113,12 +113,12 @@ struct PeerWireTests {
 
     // MARK: - Sockets
 
-    /// A loopback TCP socket bound to a free port (listening or not) and its port.
-    private func loopbackSocket(listening: Bool) -> (fd: Int32, port: UInt16) {
+    /// A loopback TCP socket bound to a free port of 127.0.0.`host` (listening or not) and its port.
+    private func loopbackSocket(listening: Bool, host: UInt32 = 1) -> (fd: Int32, port: UInt16) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var sa = sockaddr_in()
         sa.sin_family = sa_family_t(AF_INET)
-        sa.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        sa.sin_addr.s_addr = (0x7f00_0000 | host).bigEndian
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
         if listening { _ = listen(fd, 4) }
@@ -156,6 +156,29 @@ struct PeerWireTests {
         let replies = PeerSocket.exchangeAll(host: host, ports: [refused.port, b.port, a.port], request: Array("ping".utf8), timeoutMS: 2000)
         #expect(replies.map(\.0) == [b.port, a.port])
         #expect(replies.map { String(decoding: $0.1, as: UTF8.self) } == ["ping -> two", "ping -> one"])
+    }
+
+    @Test("exchangeAll(targets:) asks every port of several hosts at once, in groups: the replies of those that answer, in the targets' order")
+    func exchangeAllHosts() throws {
+        // Three hosts of 127/8 (every one of them is this machine's loopback): a shim on .2 and
+        // one on .3, nothing on .4's port.
+        let two = loopbackSocket(listening: true, host: 2), three = loopbackSocket(listening: true, host: 3)
+        let none = loopbackSocket(listening: false, host: 4)
+        defer { for s in [two, three, none] { close(s.fd) } }
+        for (s, word) in [(two, "two"), (three, "three")] {
+            serveOnce(s.fd) { Array("\(String(decoding: $0, as: UTF8.self)) -> \(word)".utf8) }
+        }
+        let h2 = try #require(PeerHost(text: "127.0.0.2")), h3 = try #require(PeerHost(text: "127.0.0.3"))
+        let h4 = try #require(PeerHost(text: "127.0.0.4"))
+        // Each host asked on every port of the others too (refused there), as an introduction asks
+        // a peer range on every candidate host; more targets than one group holds.
+        let ports = [two.port, three.port, none.port]
+        var targets = [h4, h3, h2].flatMap { h in ports.map { PeerTarget(host: h, port: $0) } }
+        let filler = PeerTarget(host: h4, port: none.port)
+        targets = Array(repeating: filler, count: PeerSocket.concurrentConnections) + targets
+        let replies = PeerSocket.exchangeAll(targets: targets, request: Array("hello".utf8), timeoutMS: 2000)
+        #expect(replies.map(\.0) == [PeerTarget(host: h3, port: three.port), PeerTarget(host: h2, port: two.port)])
+        #expect(replies.map { String(decoding: $0.1, as: UTF8.self) } == ["hello -> three", "hello -> two"])
     }
 
     @Test("exchangeParts: one request goes alone, several as a batch; answers per request, all nil when the count differs or nobody answers")

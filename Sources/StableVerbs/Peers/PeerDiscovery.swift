@@ -3,9 +3,11 @@
 // default) or towards a link-local GID (fe80::GUID). An RDMA program exchanges its QPNs and LIDs
 // over a connection of its own before it connects its QPs (a TCP socket in the rdma-core
 // examples and perftest), so the peer's host is among the remote addresses of this process's TCP
-// connections; when the program has closed its socket already (ibv_rc_pingpong's client closes
-// it before it moves its QP to RTR), among those of the network namespace (the closed one waits
-// in TIME_WAIT). The introducer asks each of them, as it asks a GID's host, which shim owns the
+// connections; then among those of the network namespace: the program may have closed its socket
+// already (ibv_rc_pingpong's client closes it before it moves its QP to RTR; it waits in
+// TIME_WAIT), or another process of the job made the exchange (an MPI launcher's daemon; the
+// rank's own connections then lead only to that daemon). The introducer asks up to 64 of them,
+// every port of every host at once (PeerSocket.exchangeAll(targets:)), which shim owns the
 // destination QPN on a port with the destination LID; the other end learns the introducer's host
 // from the address its `hello` came from.
 //
@@ -39,24 +41,28 @@ extension PeerRegistry {
 
 /// The remote hosts of TCP connections, read from /proc/self/net/tcp and tcp6.
 enum ConnectionHosts {
-    /// At most this many hosts are asked per introduction attempt.
-    static let limit = 4
+    /// At most this many hosts are asked per introduction attempt (all at once).
+    static let limit = 64
 
-    /// This process's established connections first; without any, the namespace's (established,
-    /// then closing ones). Each host once, in that order.
+    /// This process's established connections first, then the namespace's (established, then
+    /// closing ones: a program that closed its exchange socket, an address exchange made by
+    /// another process of the job, as an MPI launcher's daemons do). Each host once, in that order.
     static func current() -> [PeerHost] {
-        let own = socketInodes()
         var entries: [(host: PeerHost, state: UInt8, inode: UInt64)] = []
         for file in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
             entries += parse(readText(file) ?? "")
         }
+        return pick(entries, own: socketInodes())
+    }
+
+    /// The hosts `current` asks, from a table's entries and this process's socket inodes.
+    static func pick(_ entries: [(host: PeerHost, state: UInt8, inode: UInt64)], own: Set<UInt64>) -> [PeerHost] {
         let connected: Set<UInt8> = [0x01, 0x08]  // ESTABLISHED, CLOSE_WAIT
-        var picked = entries.filter { connected.contains($0.state) && own.contains($0.inode) }
-        if picked.isEmpty {
-            picked = entries.filter { connected.contains($0.state) } + entries.filter { $0.state == 0x06 }  // TIME_WAIT
-        }
+        let ordered = entries.filter { connected.contains($0.state) && own.contains($0.inode) }
+            + entries.filter { connected.contains($0.state) && !own.contains($0.inode) }
+            + entries.filter { $0.state == 0x06 }  // TIME_WAIT
         var out: [PeerHost] = []
-        for e in picked where !out.contains(e.host) {
+        for e in ordered where !out.contains(e.host) {
             out.append(e.host)
             if out.count == limit { break }
         }

@@ -240,37 +240,49 @@ extension Runtime {
             }
         }
         // Links whose address names no host: the hosts of this process's connections when the
-        // link was made, then those of now (read once).
-        let connected = todo.contains { $0.2 == nil } ? ConnectionHosts.current() : []
-        for (link, hello, host, nonce) in todo {
-            var answered = false
-            var found = link.candidates  // set once, before the link was published
-            for h in connected where !found.contains(h) { found.append(h) }
-            search: for h in host.map({ [$0] }) ?? found {
-                for port in peers.portRange {
-                    guard let reply = PeerSocket.exchange(host: h, port: port, request: hello.encoded(key: nil), timeoutMS: 300),
-                          let d = PeerMessage.decode(reply) else { continue }
-                    if d.message.verb == "owner", let n2 = d.message["nonce"].flatMap(bytesFromHex) {
-                        withControlLock {
-                            guard peers.links[key(link.qp.ptr)] === link else { return }
-                            link.key = linkKey(nonce, n2, "\(link.qp.virtualQPN)/\(link.remoteQPN)")
-                            link.host = h
-                            link.servicePort = port
-                            link.state = .ready
-                            storePeer(link.qp.ptr.pointer(to: \.peer)!, link.ids)
-                        }
-                        Log.info("peer: link \(link.label) introduced (peer shim on port \(port)\(host == nil ? ", found among the \(found.count) host(s) of this process's connections" : ""))")
-                        answered = true
-                        break search
+        // link was made, then those of now (read once), all asked together.
+        let hostless = todo.filter { $0.2 == nil }
+        var found: [PeerHost] = []
+        if !hostless.isEmpty {
+            for h in hostless.flatMap({ $0.0.candidates }) + ConnectionHosts.current() where !found.contains(h) { found.append(h) }
+            found = Array(found.prefix(ConnectionHosts.limit))
+        }
+        // One exchange per port of each host asked, all at once, carrying the hellos of every
+        // link to be found there (a batch when several): a job's many connections to one host, or
+        // all those whose address names no host, cost one round.
+        var groups = groupedByProcess(todo.filter { $0.2 != nil }) { PeerProcess(host: $0.2, port: 0) }
+            .map { (hosts: [$0.0.host!], items: $0.1) }
+        if !hostless.isEmpty { groups.append((hosts: found, items: hostless)) }
+        for (hosts, items) in groups {
+            var introduced = Set<ObjectIdentifier>()
+            let targets = hosts.flatMap { h in peers.portRange.map { PeerTarget(host: h, port: $0) } }
+            let request = items.count == 1 ? items[0].1.encoded(key: nil) : PeerBatch.encode(items.map { $0.1.encoded(key: nil) })
+            // The first owner in the hosts' order (only the shim with the destination QPN on a
+            // port with its GID or LID answers `owner`).
+            for (t, reply) in PeerSocket.exchangeAll(targets: targets, request: request, timeoutMS: 300) {
+                let parts = items.count == 1 ? [reply] : (PeerBatch.decode(reply) ?? [])
+                guard parts.count == items.count else { continue }
+                for ((link, _, host, nonce), part) in zip(items, parts) where !introduced.contains(ObjectIdentifier(link)) {
+                    guard let d = PeerMessage.decode(part), d.message.verb == "owner",
+                          let n2 = d.message["nonce"].flatMap(bytesFromHex) else { continue }
+                    withControlLock {
+                        guard peers.links[key(link.qp.ptr)] === link else { return }
+                        link.key = linkKey(nonce, n2, "\(link.qp.virtualQPN)/\(link.remoteQPN)")
+                        link.host = t.host
+                        link.servicePort = t.port
+                        link.state = .ready
+                        storePeer(link.qp.ptr.pointer(to: \.peer)!, link.ids)
                     }
+                    introduced.insert(ObjectIdentifier(link))
+                    Log.info("peer: link \(link.label) introduced (peer shim on port \(t.port)\(host == nil ? " of \(t.host), found among the \(hosts.count) host(s) of this process's and its namespace's connections" : ""))")
                 }
             }
-            if !answered {
+            for (link, _, host, _) in items where !introduced.contains(ObjectIdentifier(link)) {
                 withControlLock {
                     link.introduceAttempts += 1
                     if link.introduceAttempts >= 20 {
                         link.state = .unmanaged
-                        let asked = host == nil ? " (asked the hosts of this process's connections: \(found.isEmpty ? "none" : found.map { "\($0)" }.joined(separator: ", ")); STABLEVERBS_PEER_HOST names the peer's host)" : ""
+                        let asked = host == nil ? " (asked the hosts of this process's and its namespace's connections: \(hosts.isEmpty ? "none" : hosts.map { "\($0)" }.joined(separator: ", ")); STABLEVERBS_PEER_HOST names the peer's host)" : ""
                         Log.info("peer: no shim owns \(link.label)\(asked): the connection is unmanaged (it does not survive a move)")
                     } else {
                         link.nextAttempt = monotonicNS() &+ UInt64(min(1000, 50 << min(link.introduceAttempts, 5))) * 1_000_000

@@ -110,10 +110,13 @@ extension Runtime {
         let deadline = monotonicNS() &+ 2_000_000_000
         guard let bytes = PeerSocket.readAll(fd, deadline) else { return }
         if let parts = PeerBatch.decode(bytes) {
-            // `moved` claims, `pausing` announcements and `closed` notices come in batches (one
-            // verb per batch); anything else in one is refused part by part.
+            // `hello`s, `moved` claims, `pausing` announcements and `closed` notices come in
+            // batches (one verb per batch); anything else in one is refused part by part.
             let decoded = parts.map { PeerMessage.decode($0) ?? (PeerMessage("error"), [], nil) }
-            let replies = decoded.allSatisfy { $0.message.verb == "pausing" } ? decoded.map(answerPausing)
+            let source = PeerHost(peerOf: fd)
+            let replies = decoded.allSatisfy { $0.message.verb == "hello" }
+                ? decoded.map { answerHello($0.message, port: peers.port, from: source).encoded(key: nil) }
+                : decoded.allSatisfy { $0.message.verb == "pausing" } ? decoded.map(answerPausing)
                 : decoded.allSatisfy { $0.message.verb == "closed" } ? decoded.map(answerClosed) : answerMoved(decoded)
             _ = PeerSocket.writeAll(fd, PeerBatch.encode(replies), deadline)
             return

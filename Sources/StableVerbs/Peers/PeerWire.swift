@@ -182,17 +182,38 @@ enum PeerSocket {
     /// trip, which across many ports was the cost of a UD announcement); the requests then go to
     /// the ports that accepted. Returns the replies by port, in `ports`' order.
     static func exchangeAll(host: PeerHost, ports: [UInt16], request: [UInt8], timeoutMS: Int32) -> [(UInt16, [UInt8])] {
+        exchangeAll(targets: ports.map { PeerTarget(host: host, port: $0) }, request: request, timeoutMS: timeoutMS)
+            .map { ($0.0.port, $0.1) }
+    }
+
+    /// At most this many connections are open at once (a process's descriptor limit is often 1 024).
+    static let concurrentConnections = 256
+
+    /// `exchange` with every target at once, `concurrentConnections` at a time, each group within
+    /// `timeoutMS`: the replies of those that answered, in `targets`' order.
+    static func exchangeAll(targets: [PeerTarget], request: [UInt8], timeoutMS: Int32) -> [(PeerTarget, [UInt8])] {
+        var replies: [(PeerTarget, [UInt8])] = []
+        var start = 0
+        while start < targets.count {
+            let group = targets[start..<min(targets.count, start + concurrentConnections)]
+            replies += exchangeGroup(group, request: request, timeoutMS: timeoutMS)
+            start += group.count
+        }
+        return replies
+    }
+
+    private static func exchangeGroup(_ targets: ArraySlice<PeerTarget>, request: [UInt8], timeoutMS: Int32) -> [(PeerTarget, [UInt8])] {
         let deadline = monotonicNS() &+ UInt64(timeoutMS) * 1_000_000
-        var pending: [(port: UInt16, fd: Int32)] = []
+        var pending: [(target: PeerTarget, fd: Int32)] = []
         defer { for p in pending { close(p.fd) } }
-        for port in ports {
-            let fd = socket(host.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        for t in targets {
+            let fd = socket(t.host.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
             guard fd >= 0 else { continue }
             var one: Int32 = 1
             _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            let rc = host.withSockaddr(port: port) { sa, len in connect(fd, sa, len) }
+            let rc = t.host.withSockaddr(port: t.port) { sa, len in connect(fd, sa, len) }
             if rc != 0 && errno != EINPROGRESS { close(fd); continue }
-            pending.append((port, fd))
+            pending.append((t, fd))
         }
         // Until every connection is made or refused (or the deadline).
         var settled = Set<Int32>()
@@ -204,16 +225,16 @@ enum PeerSocket {
             if r < 0 && errno != EINTR { break }
             for p in fds where p.revents != 0 { settled.insert(p.fd) }
         }
-        var replies: [(UInt16, [UInt8])] = []
+        var replies: [(PeerTarget, [UInt8])] = []
         for p in pending where settled.contains(p.fd) {
             var err: Int32 = 0
             var errLen = socklen_t(MemoryLayout<Int32>.size)
             _ = getsockopt(p.fd, SOL_SOCKET, SO_ERROR, &err, &errLen)
-            guard err == 0, writeAll(p.fd, request, deadline) else { continue }
+            guard err == 0, writeAll(p.fd, request, deadline) else { settled.remove(p.fd); continue }
             _ = shutdown(p.fd, Int32(SHUT_WR))
         }
         for p in pending where settled.contains(p.fd) {
-            if let reply = readAll(p.fd, deadline), !reply.isEmpty { replies.append((p.port, reply)) }
+            if let reply = readAll(p.fd, deadline), !reply.isEmpty { replies.append((p.target, reply)) }
         }
         return replies
     }
@@ -262,6 +283,12 @@ enum PeerSocket {
         }
         return nil
     }
+}
+
+/// One shim's service address: a host and one port of its range.
+struct PeerTarget: Hashable {
+    var host: PeerHost
+    var port: UInt16
 }
 
 /// Where a peer shim is reached: the IP address inside a RoCE GID (IPv4-mapped or IPv6), or

@@ -26,6 +26,10 @@
 # With NET_DELAY_MS=N this guest's NIC delays every packet it sends by N ms (netem): on the server,
 # the responses to the client's requests are still on their way when the client's NIC is pulled
 # (the server executed requests whose responses die with the client's device).
+# With RELAY=1 the server's program exchanges addresses as an MPI rank does through its launcher's
+# daemon: it holds a connection to a local "daemon" (socat on 127.0.0.1) for its whole run, and the
+# client's exchange reaches it through a relay (socat from PORT to 127.0.0.1); none of the program's
+# own connections leads to the client's host (only the relay's do).
 # Prints PEER-RESULT side=… rc=… iters=… recoveries=… seconds=… (how long the program ran) and the programs' output.
 set -u
 ROLE=$1 PROG=$2 N=$3 LOSSES=$4 HOW=${5:-delete}
@@ -49,15 +53,31 @@ fi
 OUT=${TMPDIR:-/tmp}/peer-recovery.$$
 mkdir -p "$OUT"
 
+listening() {  # port: something in this guest listens on it
+  ss -ltn | grep -q ":$1 "
+}
+
+launch() {  # side command...: runs the command (RELAY=1 server: holding its connection to the local daemon)
+  if [ "$1" = server ] && [ "${RELAY:-0}" = 1 ]; then
+    shift
+    bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" && exec "$@"' "$DAEMON_PORT" "$@"
+  else
+    shift
+    "$@"
+  fi
+}
+
 run() {  # side peer-address-or-empty; a client retries while the server is not listening yet
   tries=0
   date +%s > "$OUT/$1.start"
+  port=$PORT
+  [ "$1" = server ] && [ "${RELAY:-0}" = 1 ] && port=$PROG_PORT
   while :; do
     case "$PROG" in
       ib_*) gid="-x 1" ;;   # perftest
       *) gid="-g 1" ;;
     esac
-    LD_PRELOAD=$STABLEVERBS_LIB $EXE -d rxe0 $gid -p $PORT -n "$N" ${PROG_ARGS:-} $2 > "$OUT/$1.out" 2> "$OUT/$1.err"
+    launch "$1" env LD_PRELOAD="$STABLEVERBS_LIB" $EXE -d rxe0 $gid -p $port -n "$N" ${PROG_ARGS:-} $2 > "$OUT/$1.out" 2> "$OUT/$1.err"
     rc=$?
     tries=$((tries+1))
     [ $rc != 0 ] && [ -n "$2" ] && [ $tries -lt 60 ] && grep -q "Couldn't connect\|Unable to open file descriptor" "$OUT/$1.out" "$OUT/$1.err" && { sleep 0.5; continue; }
@@ -167,14 +187,25 @@ dies_when_peer_moves() {  # pid: kill the program once its shim logged the peer'
 
 case "$ROLE" in
   server)
+    if [ "${RELAY:-0}" = 1 ]; then
+      DAEMON_PORT=$((PORT + 2)) PROG_PORT=$((PORT + 1))
+      socat -u TCP-LISTEN:$DAEMON_PORT,bind=127.0.0.1,reuseaddr,fork /dev/null &
+      i=0; while ! listening $DAEMON_PORT && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+    fi
     run server "" &
     s=$!
+    if [ "${RELAY:-0}" = 1 ]; then  # the relay opens once the program listens (the client retries until then)
+      i=0; while ! listening $PROG_PORT && alive $s && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+      socat TCP-LISTEN:$PORT,reuseaddr,fork TCP:127.0.0.1:$PROG_PORT &
+      echo "peer-recovery: the server's exchange goes through a relay (port $PORT to 127.0.0.1:$PROG_PORT); it holds a connection to a local daemon on port $DAEMON_PORT"
+    fi
     [ "${SERVER_DIES:-0}" = 1 ] && dies_when_peer_moves $s &
     if [ "${SERVER_LOSSES:-0}" -gt 0 ]; then  # this guest's device goes too (after the client's moves)
       LOSSES=$SERVER_LOSSES HOW=${SERVER_HOW:-delete} FIRST_LOSS_AFTER=${SERVER_FIRST_LOSS_AFTER:-30}
       lose server -- $s
     fi
     waitfor $s
+    [ "${RELAY:-0}" = 1 ] && pkill -x socat
     result server ;;
   client)
     sleep 1
