@@ -61,9 +61,14 @@ enum ConnectionHosts {
         let ordered = entries.filter { connected.contains($0.state) && own.contains($0.inode) }
             + entries.filter { connected.contains($0.state) && !own.contains($0.inode) }
             + entries.filter { $0.state == 0x06 }  // TIME_WAIT
+        return distinct(ordered.map(\.host))
+    }
+
+    /// The first `limit` distinct hosts of `hosts`, in their order.
+    static func distinct(_ hosts: [PeerHost]) -> [PeerHost] {
         var out: [PeerHost] = []
-        for e in ordered where !out.contains(e.host) {
-            out.append(e.host)
+        for h in hosts where !out.contains(h) {
+            out.append(h)
             if out.count == limit { break }
         }
         return out

@@ -242,11 +242,7 @@ extension Runtime {
         // Links whose address names no host: the hosts of this process's connections when the
         // link was made, then those of now (read once), all asked together.
         let hostless = todo.filter { $0.2 == nil }
-        var found: [PeerHost] = []
-        if !hostless.isEmpty {
-            for h in hostless.flatMap({ $0.0.candidates }) + ConnectionHosts.current() where !found.contains(h) { found.append(h) }
-            found = Array(found.prefix(ConnectionHosts.limit))
-        }
+        let found = hostless.isEmpty ? [] : ConnectionHosts.distinct(hostless.flatMap { $0.0.candidates } + ConnectionHosts.current())
         // One exchange per port of each host asked, all at once, carrying the hellos of every
         // link to be found there (a batch when several): a job's many connections to one host, or
         // all those whose address names no host, cost one round.
@@ -256,15 +252,13 @@ extension Runtime {
         for (hosts, items) in groups {
             var introduced = Set<ObjectIdentifier>()
             let targets = hosts.flatMap { h in peers.portRange.map { PeerTarget(host: h, port: $0) } }
-            let request = items.count == 1 ? items[0].1.encoded(key: nil) : PeerBatch.encode(items.map { $0.1.encoded(key: nil) })
+            let request = PeerBatch.request(items.map { $0.1.encoded(key: nil) })
             // The first owner in the hosts' order (only the shim with the destination QPN on a
             // port with its GID or LID answers `owner`).
             for (t, reply) in PeerSocket.exchangeAll(targets: targets, request: request, timeoutMS: 300) {
-                let parts = items.count == 1 ? [reply] : (PeerBatch.decode(reply) ?? [])
-                guard parts.count == items.count else { continue }
-                for ((link, _, host, nonce), part) in zip(items, parts) where !introduced.contains(ObjectIdentifier(link)) {
-                    guard let d = PeerMessage.decode(part), d.message.verb == "owner",
-                          let n2 = d.message["nonce"].flatMap(bytesFromHex) else { continue }
+                guard let answers = PeerBatch.answers(reply, count: items.count) else { continue }
+                for ((link, _, host, nonce), d) in zip(items, answers) where !introduced.contains(ObjectIdentifier(link)) {
+                    guard let d, d.message.verb == "owner", let n2 = d.message["nonce"].flatMap(bytesFromHex) else { continue }
                     withControlLock {
                         guard peers.links[key(link.qp.ptr)] === link else { return }
                         link.key = linkKey(nonce, n2, "\(link.qp.virtualQPN)/\(link.remoteQPN)")

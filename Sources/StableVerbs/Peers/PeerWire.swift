@@ -95,6 +95,19 @@ enum PeerBatch {
         return out
     }
 
+    /// What goes on the wire for several signed messages to one shim: one alone, more as a batch.
+    static func request(_ parts: [[UInt8]]) -> [UInt8] {
+        parts.count == 1 ? parts[0] : encode(parts)
+    }
+
+    /// The answers to a `request` of `count` messages, decoded, one per message in order; nil
+    /// when the reply holds another number of parts.
+    static func answers(_ reply: [UInt8], count: Int) -> [DecodedPeerMessage?]? {
+        if count == 1 { return [PeerMessage.decode(reply)] }
+        guard let parts = decode(reply), parts.count == count else { return nil }
+        return parts.map(PeerMessage.decode)
+    }
+
     /// The parts of a batch; nil when `bytes` is not a well-formed batch.
     static func decode(_ bytes: [UInt8]) -> [[UInt8]]? {
         guard bytes.starts(with: header) else { return nil }
@@ -170,11 +183,9 @@ enum PeerSocket {
     static func exchangeParts(host: PeerHost, port: UInt16, requests: [[UInt8]], timeoutMS: Int32) -> [DecodedPeerMessage?] {
         let none = [DecodedPeerMessage?](repeating: nil, count: requests.count)
         guard !requests.isEmpty else { return [] }
-        let request = requests.count == 1 ? requests[0] : PeerBatch.encode(requests)
-        guard let bytes = exchange(host: host, port: port, request: request, timeoutMS: timeoutMS) else { return none }
-        if requests.count == 1 { return [PeerMessage.decode(bytes)] }
-        guard let parts = PeerBatch.decode(bytes), parts.count == requests.count else { return none }
-        return parts.map(PeerMessage.decode)
+        guard let bytes = exchange(host: host, port: port, request: PeerBatch.request(requests), timeoutMS: timeoutMS),
+              let answers = PeerBatch.answers(bytes, count: requests.count) else { return none }
+        return answers
     }
 
     /// `exchange` with every port in `ports` of `host` at once: the connections are made

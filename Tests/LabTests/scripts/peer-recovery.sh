@@ -58,11 +58,11 @@ listening() {  # port: something in this guest listens on it
 }
 
 launch() {  # side command...: runs the command (RELAY=1 server: holding its connection to the local daemon)
-  if [ "$1" = server ] && [ "${RELAY:-0}" = 1 ]; then
-    shift
+  launch_side=$1
+  shift
+  if [ "$launch_side" = server ] && [ "${RELAY:-0}" = 1 ]; then
     bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" && exec "$@"' "$DAEMON_PORT" "$@"
   else
-    shift
     "$@"
   fi
 }
