@@ -3,7 +3,9 @@
 # noisy machines): for each op, the driver (fastpath.c) runs twice under callgrind doing exactly
 # the same work, except that the measured ops go through the virtual objects (shim) or through the
 # real ones underneath (direct: the software HCA's own op, as native libibverbs would call it).
-# (Ir(shim) - Ir(direct)) / ops is what the shim adds. With -m: after a rebuild (translation active).
+# Only the measured ops are counted (--toggle-collect=timed_ops: the driver's function that holds
+# them, and everything it calls): Ir/op is an op's own cost, (Ir(shim) - Ir(direct)) / ops what
+# the shim adds. With -m: after a rebuild (translation active).
 # The software HCA is Swift: its dictionaries are seeded per process unless
 # SWIFT_DETERMINISTIC_HASHING is set, which it is here.
 #
@@ -34,7 +36,7 @@ lib=$work/libstableverbs.so
 ops=$((batches * 256))
 total() {  # op target
   SWIFT_DETERMINISTIC_HASHING=1 STABLEVERBS_LOWER=softhca STABLEVERBS_SOFTHCA=devices=1 LD_PRELOAD="$lib" \
-    valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$work/fastpath" $moved -n "$batches" -o "$1" -t "$2" >/dev/null 2>"$work/vg.log" \
+    valgrind --tool=callgrind --toggle-collect="timed_ops*" --callgrind-out-file="$work/cg.out" "$work/fastpath" $moved -n "$batches" -o "$1" -t "$2" >/dev/null 2>"$work/vg.log" \
     || { cat "$work/vg.log" >&2; exit 1; }
   sed -n 's/^summary: \([0-9]*\).*/\1/p' "$work/cg.out"
 }
@@ -46,7 +48,6 @@ for op in poll_empty poll_one post_send_inline post_send_sge wr_inline wr_sge po
   # shim entry points per op: the ibv_wr_* sequence is wr_start, wr_rdma_write, one setter,
   # wr_complete; an extended poll of one completion is start_poll, read_opcode, read_qp_num, end_poll
   calls=1; [[ $op == wr_* || $op == poll_ex_one ]] && calls=4
-  # the direct figure per op is the whole run's instructions spread over the ops; the difference is exact
   awk -v op="$op" -v d="$d" -v s="$s" -v n="$ops" -v c="$calls" 'BEGIN{printf "%-18s %14.1f %14.1f %12.2f %10d\n", op, d/n, s/n, (s-d)/n, c}'
   if [[ -n $json ]]; then
     awk -v op="$op" -v d="$d" -v s="$s" -v n="$ops" -v c="$calls" -v m="$mode" \
