@@ -454,27 +454,32 @@ static void retire_send(struct sv_wr_ring *r, uint64_t wr_id, int error)
 	uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
 	/* Sends complete in order: a signaled completion retires every earlier unsignaled send and
-	 * the first signaled one; an error completion stands for the first entry with its wr_id. */
-	for (uint64_t i = head; i != tail; i++) {
-		struct sv_ring_entry *e = sv_ring_at(r, i);
-		if (e->done)
-			continue;
-		e->done = 1;
-		if (error ? e->wr.send.wr_id == wr_id
-			  : (r->sig_all || (e->wr.send.send_flags & IBV_SEND_SIGNALED)))
+	 * the first signaled one; an error completion stands for the first entry with its wr_id.
+	 * Every entry from head to the one the completion stands for is retired at once by moving
+	 * head past it (they need no done mark), then past any later entries already done. */
+	uint64_t i = head;
+	while (i != tail) {
+		struct sv_ring_entry *e = sv_ring_at(r, i++);
+		if (!e->done && (error ? e->wr.send.wr_id == wr_id
+				       : (r->sig_all || (e->wr.send.send_flags & IBV_SEND_SIGNALED))))
 			break;
 	}
-	advance(r, head, tail);
+	advance(r, i, tail);
 }
 
 static void retire_recv(struct sv_wr_ring *r, uint64_t wr_id)
 {
 	uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-	/* In order on a QP's own receive queue (the head); an SRQ may consume out of order. */
+	/* In order on a QP's own receive queue (the head: retired by moving head past it); an SRQ
+	 * may consume out of order (marked done, passed by head once every earlier one is). */
 	for (uint64_t i = head; i != tail; i++) {
 		struct sv_ring_entry *e = sv_ring_at(r, i);
 		if (!e->done && e->wr.recv.wr_id == wr_id) {
+			if (i == head) {
+				advance(r, head + 1, tail);
+				return;
+			}
 			e->done = 1;
 			break;
 		}
