@@ -207,6 +207,24 @@ static void refused_lists(struct tp_dev *da, struct tp_dev *db, const char *tag)
 	rc = ibv_post_recv(r.qp, rw, &rbad);
 	check(rc == EINVAL && rbad == &rw[BAD_RECV], "%s: a receive list with %d SGEs in WR %d: rc %d, bad_wr at WR %ld",
 	      tag, recv_over, BAD_RECV, rc, rbad ? (long)(rbad - rw) : -1L);
+
+	/* One WR alone (after a rebuild the shim copies it without the chunk loop), refused: an
+	 * inline write longer than the QP's inline limit; then one (not inline) the provider takes. */
+	struct ibv_sge big = {.addr = (uintptr_t)s.buf, .length = qa.cap.max_inline_data + 1, .lkey = s.mr->lkey};
+	struct ibv_send_wr one = {.wr_id = 150, .sg_list = &big, .num_sge = 1, .opcode = IBV_WR_RDMA_WRITE,
+				  .send_flags = IBV_SEND_SIGNALED | IBV_SEND_INLINE,
+				  .wr.rdma = {.remote_addr = (uintptr_t)(r.buf + RW_OFF), .rkey = r.mr->rkey}};
+	bad = NULL;
+	rc = ibv_post_send(s.qp, &one, &bad);
+	check(rc == EINVAL && bad == &one, "%s: one inline write of %u bytes (limit %u): rc %d, bad_wr %s", tag, big.length,
+	      qa.cap.max_inline_data, rc, bad == &one ? "is it" : bad ? "elsewhere" : "NULL");
+	big.length = 8;
+	one.wr_id = 151;
+	one.send_flags = IBV_SEND_SIGNALED;
+	rc = ibv_post_send(s.qp, &one, &bad);
+	check(rc == 0, "%s: one write of 8 bytes after it: rc %d", tag, rc);
+	if (rc == 0)
+		tp_expect(s.scq, &wc, IBV_WC_RDMA_WRITE, 151, tag);
 	tp_end_destroy(&s, 1);
 	tp_end_destroy(&r, 1);
 }

@@ -191,6 +191,7 @@ extension ibv_recv_wr: SVChainedWR {
 /// SGE array is kept; negative: refused) and `finish` translates the rest; each chunk goes to
 /// `post`. On failure *bad is the application's WR at the index the provider refused; the chunks
 /// before it stay posted, as natively. A WR with more SGEs than a chunk holds is refused (EINVAL).
+/// The common post — one WR with at most one SGE to translate — takes no loop.
 @inline(__always)
 func svPostInChunks<W: SVChainedWR>(
     _ wr: UnsafeMutablePointer<W>?, chunk: Int, lkeys: UnsafeMutablePointer<sv_idmap>,
@@ -199,7 +200,28 @@ func svPostInChunks<W: SVChainedWR>(
     finish: (UnsafeMutablePointer<W>) -> Void,
     post: (UnsafeMutablePointer<W>?, UnsafeMutablePointer<UnsafeMutablePointer<W>?>?) -> Int32
 ) -> Int32 {
-    withUnsafeTemporaryAllocation(of: W.self, capacity: chunk) { (wrBuf: UnsafeMutableBufferPointer<W>) throws(Never) -> Int32 in
+    if let w = wr, w.pointee.nextWR == nil {
+        let needed = translatedSGEs(w)
+        if needed == 0 || needed == 1 {
+            var copy = w.pointee
+            var sge = ibv_sge()
+            if needed == 1 {
+                let s = w.pointee.sgeList.unsafelyUnwrapped.pointee
+                sge = ibv_sge(addr: s.addr, length: s.length, lkey: IdentityMap.translate(lkeys, s.lkey))
+            }
+            return withUnsafeMutablePointer(to: &sge) { sp in
+                if needed == 1 { copy.sgeList = sp }
+                return withUnsafeMutablePointer(to: &copy) { d in
+                    finish(d)
+                    var realBad: UnsafeMutablePointer<W>? = nil
+                    let rc = post(d, &realBad)
+                    if rc != 0 { bad?.pointee = w }
+                    return rc
+                }
+            }
+        }
+    }
+    return withUnsafeTemporaryAllocation(of: W.self, capacity: chunk) { (wrBuf: UnsafeMutableBufferPointer<W>) throws(Never) -> Int32 in
         withUnsafeTemporaryAllocation(of: ibv_sge.self, capacity: svSGEChunk) { (sgeBuf: UnsafeMutableBufferPointer<ibv_sge>) throws(Never) -> Int32 in
             let wrs = wrBuf.baseAddress.unsafelyUnwrapped
             let sges = sgeBuf.baseAddress.unsafelyUnwrapped
