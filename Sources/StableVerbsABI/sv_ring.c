@@ -490,7 +490,7 @@ static void retire_recv(struct sv_wr_ring *r, uint64_t wr_id)
 static inline struct sv_qp_index *current_index(struct sv_context *ctx);
 static inline struct sv_qp *index_find(const struct sv_qp_index *t, uint32_t qpn);
 
-static inline void retire(struct sv_qp *q, const struct ibv_wc *w, int error)
+static inline __attribute__((always_inline)) void retire(struct sv_qp *q, const struct ibv_wc *w, int error)
 {
 	if (w->opcode & IBV_WC_RECV) {
 		if (q->recv_ring)
