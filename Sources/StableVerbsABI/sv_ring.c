@@ -159,6 +159,33 @@ uint64_t sv_ring_record_recv(struct sv_wr_ring *r, const struct ibv_recv_wr *wr)
 	return tail;
 }
 
+int sv_ring_post_send(struct sv_qp *q, struct ibv_send_wr *wr, struct ibv_send_wr **bad)
+{
+	q->send_ring->post_mark = sv_ring_record_send(q->send_ring, wr);
+	int rc = q->real->context->ops.post_send(q->real, wr, bad);
+	if (__builtin_expect(rc != 0 || q->send_ring->post_mark == UINT64_MAX, 0))
+		return sv_post_send_fixup(q->ctx, q->send_ring, rc, wr, bad);
+	return rc;
+}
+
+int sv_ring_post_recv(struct sv_qp *q, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad)
+{
+	q->recv_ring->post_mark = sv_ring_record_recv(q->recv_ring, wr);
+	int rc = q->real->context->ops.post_recv(q->real, wr, bad);
+	if (__builtin_expect(rc != 0 || q->recv_ring->post_mark == UINT64_MAX, 0))
+		return sv_post_recv_fixup(q->ctx, q->recv_ring, rc, wr, bad);
+	return rc;
+}
+
+int sv_ring_post_srq_recv(struct sv_srq *s, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad)
+{
+	s->recv_ring->post_mark = sv_ring_record_recv(s->recv_ring, wr);
+	int rc = s->real->context->ops.post_srq_recv(s->real, wr, bad);
+	if (__builtin_expect(rc != 0 || s->recv_ring->post_mark == UINT64_MAX, 0))
+		return sv_post_recv_fixup(s->ctx, s->recv_ring, rc, wr, bad);
+	return rc;
+}
+
 uint64_t sv_ring_record_send_prefix(struct sv_wr_ring *r, const struct ibv_send_wr *wr, const struct ibv_send_wr *stop)
 {
 	return record_send_list(r, wr, stop);

@@ -35,15 +35,32 @@ public func svOpPostSend(
     if gate != 0 || q.pointee.qpx.qp_base.qp_type.rawValue == IBV_QPT_UD.rawValue {
         return svPostSendSlow(q, wr, bad)
     }
-    let real = q.pointee.real.unsafelyUnwrapped
-    let post = real.pointee.context.unsafelyUnwrapped.pointee.ops.post_send.unsafelyUnwrapped
-    guard let ring = q.pointee.send_ring else { return post(real, wr, bad) }
     // The work ring (recovery): what is posted and not yet completed, recorded before the provider
-    // sees it; dropped again from the refused WR on if the provider refuses.
-    let mark = sv_ring_record_send(ring, wr)
-    let rc = post(real, wr, bad)
-    if rc != 0 || mark == UInt64.max { return svSendRingFixup(ctx, ring, mark, rc, wr, bad) }
-    return rc
+    // sees it; dropped again from the refused WR on if the provider refuses (sv_post_send_fixup).
+    if q.pointee.send_ring != nil { return sv_ring_post_send(q, wr, bad) }
+    let real = q.pointee.real.unsafelyUnwrapped
+    return real.pointee.context.unsafelyUnwrapped.pointee.ops.post_send.unsafelyUnwrapped(real, wr, bad)
+}
+
+/// COLD: sv_ring_post_send's answer when the provider refused part of the list or it could not
+/// be recorded (the ring's post_mark is the mark of the post): see svSendRingFixup.
+@_cdecl("sv_post_send_fixup")
+public func svPostSendFixup(
+    _ ctx: UnsafeMutablePointer<sv_context>?, _ ring: UnsafeMutablePointer<sv_wr_ring>?, _ rc: Int32,
+    _ wr: UnsafeMutablePointer<ibv_send_wr>?, _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_send_wr>?>?
+) -> Int32 {
+    let ring = ring.unsafelyUnwrapped
+    return svSendRingFixup(ctx.unsafelyUnwrapped, ring, ring.pointee.post_mark, rc, wr, bad)
+}
+
+/// COLD: see svPostSendFixup (receive queues and SRQs).
+@_cdecl("sv_post_recv_fixup")
+public func svPostRecvFixup(
+    _ ctx: UnsafeMutablePointer<sv_context>?, _ ring: UnsafeMutablePointer<sv_wr_ring>?, _ rc: Int32,
+    _ wr: UnsafeMutablePointer<ibv_recv_wr>?, _ bad: UnsafeMutablePointer<UnsafeMutablePointer<ibv_recv_wr>?>?
+) -> Int32 {
+    let ring = ring.unsafelyUnwrapped
+    return svRecvRingFixup(ctx.unsafelyUnwrapped, ring, ring.pointee.post_mark, rc, wr, bad)
 }
 
 /// COLD: the provider refused part of a recorded list, or the list could not be recorded — the
@@ -298,13 +315,9 @@ public func svOpPostRecv(
     if svCtxState(ctx) | svMoved(svLkeys(ctx)) != 0 {
         return svPostRecvSlow(UnsafeMutableRawPointer(q), false, wr, bad)
     }
+    if q.pointee.recv_ring != nil { return sv_ring_post_recv(q, wr, bad) }
     let real = q.pointee.real.unsafelyUnwrapped
-    let post = real.pointee.context.unsafelyUnwrapped.pointee.ops.post_recv.unsafelyUnwrapped
-    guard let ring = q.pointee.recv_ring else { return post(real, wr, bad) }
-    let mark = sv_ring_record_recv(ring, wr)
-    let rc = post(real, wr, bad)
-    if rc != 0 || mark == UInt64.max { return svRecvRingFixup(ctx, ring, mark, rc, wr, bad) }
-    return rc
+    return real.pointee.context.unsafelyUnwrapped.pointee.ops.post_recv.unsafelyUnwrapped(real, wr, bad)
 }
 
 /// COLD: see svSendRingFixup.
@@ -349,13 +362,9 @@ public func svOpPostSRQRecv(
     if svCtxState(ctx) | svMoved(svLkeys(ctx)) != 0 {
         return svPostRecvSlow(UnsafeMutableRawPointer(s), true, wr, bad)
     }
+    if s.pointee.recv_ring != nil { return sv_ring_post_srq_recv(s, wr, bad) }
     let real = s.pointee.real.unsafelyUnwrapped
-    let post = real.pointee.context.unsafelyUnwrapped.pointee.ops.post_srq_recv.unsafelyUnwrapped
-    guard let ring = s.pointee.recv_ring else { return post(real, wr, bad) }
-    let mark = sv_ring_record_recv(ring, wr)
-    let rc = post(real, wr, bad)
-    if rc != 0 || mark == UInt64.max { return svRecvRingFixup(ctx, ring, mark, rc, wr, bad) }
-    return rc
+    return real.pointee.context.unsafelyUnwrapped.pointee.ops.post_srq_recv.unsafelyUnwrapped(real, wr, bad)
 }
 
 /// `object` is an sv_qp (isSRQ == false) or an sv_srq.

@@ -162,7 +162,7 @@ struct sv_wr_ring {
 	uint32_t next_psn;       /* send rings: the PSN the next WR handed to the QP starts at (poster) */
 	uint32_t mtu_shift;      /* send rings: log2 of the path MTU in bytes (control, set before RTS) */
 	uint32_t wr_psn;         /* ibv_wr_* batch: next_psn once the batch is committed (poster) */
-	uint64_t pad1[1];
+	uint64_t post_mark;      /* legacy post: the tail before its WRs were recorded (poster; sv_ring_post_*) */
 	uint32_t capacity;       /* entries, a power of two */
 	uint32_t max_sge;
 	uint32_t max_inline;
@@ -394,6 +394,20 @@ static inline void sv_qp_add_recv_seen(struct sv_qp *q, uint64_t n)
 	atomic_store_explicit(&q->recv_seen, atomic_load_explicit(&q->recv_seen, memory_order_relaxed) + n,
 			      memory_order_release);
 }
+
+/* Legacy posts through the work ring (data path; the caller checked that the context is LIVE,
+ * that nothing needs translating and that the queue has a ring): records the list, hands it to
+ * the real QP's (SRQ's) provider op and returns what it returns; when the provider refused part
+ * of it or the list could not be recorded, returns what sv_post_*_fixup decides. Written in C so
+ * that only the QP, the list and bad_wr live across the provider's call. */
+SV_DATA_PATH int sv_ring_post_send(struct sv_qp *q, struct ibv_send_wr *wr, struct ibv_send_wr **bad);
+SV_DATA_PATH int sv_ring_post_recv(struct sv_qp *q, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
+SV_DATA_PATH int sv_ring_post_srq_recv(struct sv_srq *s, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
+/* Defined in Swift (DataPath/PostOps.swift; cold): the ring's post_mark is the mark of the post. */
+int sv_post_send_fixup(struct sv_context *ctx, struct sv_wr_ring *r, int rc, struct ibv_send_wr *wr,
+		       struct ibv_send_wr **bad);
+int sv_post_recv_fixup(struct sv_context *ctx, struct sv_wr_ring *r, int rc, struct ibv_recv_wr *wr,
+		       struct ibv_recv_wr **bad);
 
 static inline struct sv_context *sv_context_of(struct ibv_context *c)
 {
