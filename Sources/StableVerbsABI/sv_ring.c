@@ -159,31 +159,31 @@ uint64_t sv_ring_record_recv(struct sv_wr_ring *r, const struct ibv_recv_wr *wr)
 	return tail;
 }
 
+/* A legacy post through `obj`'s work ring `ring`: the same steps for a QP's send queue, its
+ * receive queue and an SRQ (`op`: the provider's op, `fixup`: the Swift fix-up). Everything is
+ * reloaded from `obj` after the provider's call, so only obj, wr and bad live across it. */
+#define POST_THROUGH_RING(obj, ring, record, op, fixup)                                            \
+	do {                                                                                       \
+		(obj)->ring->post_mark = record((obj)->ring, wr);                                  \
+		int rc = (obj)->real->context->ops.op((obj)->real, wr, bad);                       \
+		if (__builtin_expect(rc != 0 || (obj)->ring->post_mark == UINT64_MAX, 0))          \
+			return fixup((obj)->ctx, (obj)->ring, rc, wr, bad);                        \
+		return rc;                                                                         \
+	} while (0)
+
 int sv_ring_post_send(struct sv_qp *q, struct ibv_send_wr *wr, struct ibv_send_wr **bad)
 {
-	q->send_ring->post_mark = sv_ring_record_send(q->send_ring, wr);
-	int rc = q->real->context->ops.post_send(q->real, wr, bad);
-	if (__builtin_expect(rc != 0 || q->send_ring->post_mark == UINT64_MAX, 0))
-		return sv_post_send_fixup(q->ctx, q->send_ring, rc, wr, bad);
-	return rc;
+	POST_THROUGH_RING(q, send_ring, sv_ring_record_send, post_send, sv_post_send_fixup);
 }
 
 int sv_ring_post_recv(struct sv_qp *q, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad)
 {
-	q->recv_ring->post_mark = sv_ring_record_recv(q->recv_ring, wr);
-	int rc = q->real->context->ops.post_recv(q->real, wr, bad);
-	if (__builtin_expect(rc != 0 || q->recv_ring->post_mark == UINT64_MAX, 0))
-		return sv_post_recv_fixup(q->ctx, q->recv_ring, rc, wr, bad);
-	return rc;
+	POST_THROUGH_RING(q, recv_ring, sv_ring_record_recv, post_recv, sv_post_recv_fixup);
 }
 
 int sv_ring_post_srq_recv(struct sv_srq *s, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad)
 {
-	s->recv_ring->post_mark = sv_ring_record_recv(s->recv_ring, wr);
-	int rc = s->real->context->ops.post_srq_recv(s->real, wr, bad);
-	if (__builtin_expect(rc != 0 || s->recv_ring->post_mark == UINT64_MAX, 0))
-		return sv_post_recv_fixup(s->ctx, s->recv_ring, rc, wr, bad);
-	return rc;
+	POST_THROUGH_RING(s, recv_ring, sv_ring_record_recv, post_srq_recv, sv_post_recv_fixup);
 }
 
 uint64_t sv_ring_record_send_prefix(struct sv_wr_ring *r, const struct ibv_send_wr *wr, const struct ibv_send_wr *stop)
