@@ -1,12 +1,15 @@
 // Legacy post ops: ibv_post_send / ibv_post_recv / ibv_post_srq_recv land here through
 // context->ops of the virtual context.
 //
-// Fast path (context LIVE, no key of interest has moved, not UD): forward the application's own WR
-// list to the real provider — a few loads, one test and a tail call.
+// Fast path (context LIVE, no key of interest has moved, not UD): a few loads, one test and a tail
+// call into sv_ring_post_* (sv_ring.c), which records the application's own WR list in the
+// queue's work ring and hands it to the real provider; the fix-up when the provider refuses part
+// of it is Swift (sv_post_*_fixup, cold).
 // Translated path: the application's WR list is const for us, so it is copied in bounded chunks
 // into stack buffers (`wrChunk` WRs and `sgeChunk` SGEs per chunk: no heap, no TLS), translated,
-// and posted chunk by chunk. On failure *bad_wr is mapped back to the application's WR at the same
-// index; WRs before it stay posted, as natively.
+// and posted chunk by chunk (one WR with at most one SGE: copied alone, without the loop). On
+// failure *bad_wr is mapped back to the application's WR at the same index; WRs before it stay
+// posted, as natively.
 
 import CVerbs
 import Glibc
