@@ -185,11 +185,13 @@ extension LabTests {
     func peerRCRenumberedThenServerMoves() async throws {
         let n = 6_000
         let (status, lines, _) = try await Lab.run([
-            "SERVER_LOSSES=1 SERVER_FIRST_LOSS_AFTER=35 WAITFOR=3000 \(script) server ibv_rc_pingpong \(n) 0",
+            "SERVER_LOSSES=1 SERVER_AFTER_PEER_MOVES=1 WAITFOR=3000 \(script) server ibv_rc_pingpong \(n) 0",
             "WAITFOR=3000 \(script) client ibv_rc_pingpong \(n) 1 renumber",
         ], guests: 2, timeout: 480)
         expectSurvived(lines, status: status, iterations: n, movers: ["client": 1, "server": 1])
-        // (The server's loss comes 35 s after the connection is up; the client's renumbering a second later.)
+        // (The client's renumbering comes a second after the connection is up; the server's loss a
+        // second after its shim followed the client to the new address. A fixed 35 s once came too
+        // late: a CI machine ran all 6 000 iterations in 36 s, and the server's device never went.)
         let losses = Set(lines.filter { $0.text.hasPrefix("peer-recovery: loss ") }.map { "\($0.guest): \($0.text)" })
         #expect(losses == ["1: peer-recovery: loss 1 (renumber)", "0: peer-recovery: loss 1 (delete)"], "\(losses)")
         let followed = lines.filter { $0.guest == 0 && $0.text.contains("GID(s) of a peer moved") }
@@ -198,8 +200,8 @@ extension LabTests {
 
     /// Atomics across two guests (Tests/Programs/peer_atomics.c: FETCH_AND_ADD on a counter in the
     /// server's memory, 8 in flight, a SEND after every 4th) while the client guest's NIC is pulled
-    /// from under rxe0 twice, then (60 s after the connection is up) the server guest's twice: work
-    /// in flight dies with the link. The server guest's NIC delays what it sends by 50 ms, so that
+    /// from under rxe0 twice, then (once the server's shim has followed both) the server guest's
+    /// twice: work in flight dies with the link. The server guest's NIC delays what it sends by 50 ms, so that
     /// a pull on either side finds atomics the server executed whose responses never arrive. Each
     /// atomic must run once and return its own old value:
     /// - client pulled (the requester moves): the server's shim reports the PSN its QP expected
@@ -218,9 +220,9 @@ extension LabTests {
     @Test("peer protocol: atomics across two guests through NIC pulls on either side run exactly once and return their results",
           .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)))
     func peerAtomicsPulled() async throws {
-        let k = losses.map { min($0, 5) } ?? 2, n = 12_000 * k
+        let k = losses.map { min($0, 5) } ?? 2, n = 15_000 * k  // 24 000 once ended 11 s after the server's last pull
         let (status, lines, _) = try await Lab.run([
-            "NET_DELAY_MS=50 SERVER_LOSSES=\(k) SERVER_HOW=pull SERVER_FIRST_LOSS_AFTER=\(30 * k) WAITFOR=5000 \(script) server peer_atomics \(n) 0",
+            "NET_DELAY_MS=50 SERVER_LOSSES=\(k) SERVER_HOW=pull SERVER_AFTER_PEER_MOVES=\(k) WAITFOR=5000 \(script) server peer_atomics \(n) 0",
             "WAITFOR=5000 \(script) client peer_atomics \(n) \(k) pull",
         ], guests: 2, timeout: Double(500 + 180 * k))
         expectSurvived(lines, status: status, iterations: n, movers: ["client": k, "server": k])

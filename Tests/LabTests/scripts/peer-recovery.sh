@@ -22,7 +22,10 @@
 # it (error completions once its reconnection gives up), not hang. The client then takes
 # PEER_DIES=1: its device returns only once the peer's shim is gone (its port refuses).
 # With SERVER_LOSSES=K the server guest's device goes K times too (SERVER_HOW, default delete), the
-# first SERVER_FIRST_LOSS_AFTER seconds (default 30) after the connection is up.
+# first SERVER_FIRST_LOSS_AFTER seconds (default 30) after the connection is up or, with
+# SERVER_AFTER_PEER_MOVES=M, that many seconds (default 1) after the server's shim has followed
+# the client's M-th move (logged "reconnected to the peer's new end"): an event, not a time, so
+# that a fast machine does not finish the program before the server's loss.
 # With NET_DELAY_MS=N this guest's NIC delays every packet it sends by N ms (netem): on the server,
 # the responses to the client's requests are still on their way when the client's NIC is pulled
 # (the server executed requests whose responses die with the client's device).
@@ -116,6 +119,11 @@ introduced() {  # sides...: every side's shim has introduced its connection to t
   for side in "$@"; do grep -q "$pattern" "$OUT/$side.err" 2>/dev/null || return 1; done
 }
 
+followed() {  # side: how many times its shim has reconnected to the peer's new end after the peer moved
+  n=$(grep -c "reconnected to the peer's new end" "$OUT/$1.err" 2>/dev/null)
+  echo "${n:-0}"
+}
+
 way() {  # k: the way of the k-th loss (HOW's ways in turn)
   n=$(echo "$HOW" | tr ',' '\n' | grep -c .)
   echo "$HOW" | tr ',' '\n' | grep . | sed -n "$(( ($1 - 1) % n + 1 ))p"
@@ -128,6 +136,11 @@ lose() {  # sides -- pids: while the programs run, LOSSES times the device goes 
   k=0
   # The first loss once the connection is up (the shims have introduced themselves).
   i=0; while ! introduced $sides && alive "$@" && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+  if [ -n "${AFTER_PEER_MOVES:-}" ]; then  # ... and once this side's shim has followed the peer's moves
+    end=$(( $(date +%s) + ${WAITFOR:-3000} / 10 ))
+    while [ "$(followed $sides)" -lt "$AFTER_PEER_MOVES" ] && alive "$@" && [ "$(date +%s)" -lt $end ]; do sleep 0.2; done
+    echo "peer-recovery: $(elapsed $sides) s into the run: $(followed $sides) move(s) of the peer followed"
+  fi
   case "$PROG" in *ud_*) first=4 ;; *) first=1 ;; esac
   sleep ${FIRST_LOSS_AFTER:-$first}
   while [ $k -lt "$LOSSES" ] && alive "$@"; do
@@ -201,7 +214,9 @@ case "$ROLE" in
     fi
     [ "${SERVER_DIES:-0}" = 1 ] && dies_when_peer_moves $s &
     if [ "${SERVER_LOSSES:-0}" -gt 0 ]; then  # this guest's device goes too (after the client's moves)
-      LOSSES=$SERVER_LOSSES HOW=${SERVER_HOW:-delete} FIRST_LOSS_AFTER=${SERVER_FIRST_LOSS_AFTER:-30}
+      LOSSES=$SERVER_LOSSES HOW=${SERVER_HOW:-delete} AFTER_PEER_MOVES=${SERVER_AFTER_PEER_MOVES:-}
+      FIRST_LOSS_AFTER=${SERVER_FIRST_LOSS_AFTER:-30}
+      [ -n "$AFTER_PEER_MOVES" ] && FIRST_LOSS_AFTER=${SERVER_FIRST_LOSS_AFTER:-1}
       lose server -- $s
     fi
     waitfor $s
