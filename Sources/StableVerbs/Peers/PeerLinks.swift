@@ -299,8 +299,10 @@ extension Runtime {
             guard let q = localQP(qpn: toQPN, gid: toGID),
                   toLID == 0 || q.context.ports.contains(where: { $0.virtualLID == toLID }) else { return PeerMessage("not-mine") }
             let link: PeerLink
+            var again = false  // a hello for a link already introduced (the peer retried: its answer came late)
             if let l = peers.links[key(q.ptr)], l.remoteQPN == fromQPN, sameGID(l.remoteGID, fromGID), l.remoteLID == fromLID {
                 link = l
+                again = l.state == .ready
             } else {
                 // Introduced before the application moved this end to RTR: the link starts here.
                 if peers.links[key(q.ptr)] != nil { dropLink(q, tellPeer: false) }
@@ -320,7 +322,7 @@ extension Runtime {
             var r = PeerMessage("owner")
             r["nonce"] = hexString(n2)
             r["port"] = String(port)
-            Log.info("peer: link \(link.label) introduced by the peer")
+            Log.info("peer: link \(link.label) introduced by the peer\(again ? " again (a retried hello: the new key replaces the last)" : "")")
             return r
         }
     }
