@@ -29,7 +29,8 @@ struct sv_wr_ring *sv_ring_create(uint32_t depth, uint32_t max_sge, uint32_t max
 	r->capacity = pow2(depth * 2 + 1);
 	r->max_sge = max_sge;
 	r->max_inline = (max_inline + 7) & ~7u;
-	r->entry_size = (uint32_t)((sizeof(struct sv_ring_entry) + max_sge * sizeof(struct ibv_sge) + r->max_inline + 15) & ~(size_t)15);
+	size_t wr = is_send ? sizeof(struct sv_ring_entry) : SV_RECV_ENTRY_SIZE;
+	r->entry_size = (uint32_t)((wr + max_sge * sizeof(struct ibv_sge) + r->max_inline + 15) & ~(size_t)15);
 	r->is_send = is_send ? 1 : 0;
 	r->sig_all = sig_all ? 1 : 0;
 	r->mtu_shift = 12; /* until a modify_qp sets the path MTU */
@@ -133,7 +134,7 @@ uint64_t sv_ring_record_send(struct sv_wr_ring *r, const struct ibv_send_wr *wr)
 /* A receive entry from `wr` and its `n` SGEs (n within max_sge, checked by the caller). */
 static inline void fill_recv(struct sv_ring_entry *e, const struct ibv_recv_wr *wr, int n)
 {
-	struct ibv_sge *sg = sv_ring_sges(e);
+	struct ibv_sge *sg = sv_ring_recv_sges(e);
 	e->wr.recv.wr_id = wr->wr_id;
 	e->wr.recv.next = NULL;
 	e->wr.recv.sg_list = sg;

@@ -96,9 +96,9 @@ const void *sv_ring_recv_grh(struct sv_qp *q, uint64_t wr_id)
 		struct sv_ring_entry *e = sv_ring_at(r, i);
 		if (e->done || e->wr.recv.wr_id != wr_id)
 			continue;
-		if (e->wr.recv.num_sge < 1 || sv_ring_sges(e)->length < 40)
+		if (e->wr.recv.num_sge < 1 || sv_ring_recv_sges(e)->length < 40)
 			return NULL;
-		return (const void *)(uintptr_t)sv_ring_sges(e)->addr;
+		return (const void *)(uintptr_t)sv_ring_recv_sges(e)->addr;
 	}
 	return NULL;
 }

@@ -299,7 +299,7 @@ extension Runtime {
             var seen = sv_ring_head(r)
             while seen < peer.acked, sv_ring_head(r) != sv_ring_tail(r), let cq {
                 let e = sv_ring_at(r, sv_ring_head(r))!
-                cq.pending.append(remadeReceive(e.pointee.wr.recv.wr_id, of: q, msgno: seen, peer.messages, label: label))
+                cq.pending.append(remadeReceive(sv_ring_recv_wr(e)!.pointee.wr_id, of: q, msgno: seen, peer.messages, label: label))
                 e.pointee.done = 1
                 sv_ring_settle(r)
                 seen += 1
@@ -728,7 +728,7 @@ func flushOutstanding(_ q: QPRecord, firstSendStatus: ibv_wc_status) {
         flush(r, into: cq, qpn: q.virtualQPN, firstStatus: firstSendStatus) { $0.pointee.wr.send.wr_id }
     }
     if q.initAttr.srq == nil, let r = q.ptr.pointee.recv_ring, let cq = q.initAttr.recv_cq.map({ cqRecord($0) }) {
-        flush(r, into: cq, qpn: q.virtualQPN, firstStatus: IBV_WC_WR_FLUSH_ERR) { $0.pointee.wr.recv.wr_id }
+        flush(r, into: cq, qpn: q.virtualQPN, firstStatus: IBV_WC_WR_FLUSH_ERR) { sv_ring_recv_wr($0)!.pointee.wr_id }
     }
 }
 

@@ -155,7 +155,7 @@ extension Runtime {
         for (e, i) in zip(slots, order) {
             let loss = losing[i]
             guard let cq = loss.qp.initAttr.recv_cq.map({ cqRecord($0) }) else { continue }
-            cq.pending.append(remadeReceive(e.pointee.wr.recv.wr_id, of: loss.qp, msgno: loss.seen + made[i], loss.messages, label: loss.label))
+            cq.pending.append(remadeReceive(sv_ring_recv_wr(e)!.pointee.wr_id, of: loss.qp, msgno: loss.seen + made[i], loss.messages, label: loss.label))
             e.pointee.done = 1
             made[i] += 1
             if !touched.contains(where: { $0 === cq }) { touched.append(cq) }
@@ -205,7 +205,7 @@ extension Runtime {
     /// The hash of the first `length` bytes a receive's buffers hold (nil: not readable, or
     /// shorter). Control lock.
     func receivedPayloadHash(_ e: UnsafeMutablePointer<sv_ring_entry>, length: UInt32, _ c: ContextRecord) -> UInt64? {
-        let w = e.pointee.wr.recv
+        let w = sv_ring_recv_wr(e)!.pointee
         var h = payloadHash(UnsafeRawBufferPointer(start: nil, count: 0))
         var left = Int(length)
         for k in 0..<Int(max(0, w.num_sge)) where left > 0 {

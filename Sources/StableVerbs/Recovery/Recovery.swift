@@ -1037,7 +1037,7 @@ extension Runtime {
             i &+= 1
             if e.pointee.done != 0 { continue }
             sv_ring_take_psns(r, e, sv_ring_entry_length(e))  // its PSN on the QP it goes to now
-            let w = UnsafeMutableRawPointer(e).assumingMemoryBound(to: ibv_send_wr.self)
+            let w = sv_ring_send_wr(e)!
             if e.pointee.inline_len > 0 {
                 let sg = sv_ring_sges(e)!
                 let data = UnsafeMutableRawPointer(sg + Int(r.pointee.max_sge))
@@ -1055,7 +1055,7 @@ extension Runtime {
         let rc = svPostSendTranslated(q, first, &bad)
         guard rc != 0, let bad else { return (n, rc, tail) }
         var j = max(head, from)
-        while j != tail, UnsafeMutableRawPointer(sv_ring_at(r, j)!) != UnsafeMutableRawPointer(bad) { j &+= 1 }
+        while j != tail, sv_ring_send_wr(sv_ring_at(r, j)) != bad { j &+= 1 }
         if j != tail { r.pointee.next_psn = sv_ring_at(r, j).pointee.psn }  // not handed over
         return (n, rc, j)
     }
@@ -1081,7 +1081,7 @@ extension Runtime {
             let e = sv_ring_at(r, i)!
             i &+= 1
             if e.pointee.done != 0 { continue }
-            let w = UnsafeMutableRawPointer(e).assumingMemoryBound(to: ibv_recv_wr.self)
+            let w = sv_ring_recv_wr(e)!
             w.pointee.next = nil
             if let l = last { l.pointee.next = w } else { first = w }
             last = w

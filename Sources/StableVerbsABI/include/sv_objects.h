@@ -133,22 +133,26 @@ struct sv_context {
  * entries (head) as it sees their completions; a recovery re-posts [head, tail) in order.
  * Single producer, single consumer: one thread posting to a queue at a time, one thread polling
  * the completions of a queue at a time (documented limits). No allocation, no locks.
- * Entry layout: struct sv_ring_entry, then max_sge struct ibv_sge, then max_inline bytes.
+ * Entry layout: the bookkeeping, then the work request, then its SGEs. A send ring's entry holds a
+ * whole struct ibv_send_wr, max_sge SGEs and max_inline bytes; a receive ring's (QP or SRQ) ends
+ * with wr.recv (SV_RECV_ENTRY_SIZE bytes) and its SGEs follow there: it never holds the rest of the
+ * union (read a receive entry through wr.recv, sv_ring_recv_wr and sv_ring_recv_sges only).
  * ------------------------------------------------------------------------------------------- */
 struct sv_context;
 struct sv_qp;
 
 struct sv_ring_entry {
-	union {
-		struct ibv_send_wr send;
-		struct ibv_recv_wr recv;
-	} wr;
 	uint32_t done;      /* completion seen (out-of-order retirement on SRQs) */
 	uint32_t inline_len; /* bytes of inline data kept after the SGEs (send, IBV_SEND_INLINE) */
 	uint64_t msgno;     /* send rings: receive-consuming messages posted before this entry (peer protocol) */
 	uint32_t psn;       /* send rings: the PSN of its first packet on the connection it was handed to */
 	uint32_t reserved;
+	union {
+		struct ibv_send_wr send;
+		struct ibv_recv_wr recv;
+	} wr;
 };
+#define SV_RECV_ENTRY_SIZE (offsetof(struct sv_ring_entry, wr) + sizeof(struct ibv_recv_wr))
 
 struct sv_wr_ring {
 	_Atomic(uint64_t) head;  /* oldest entry not yet retired (poller) */
@@ -181,7 +185,15 @@ static inline struct sv_ring_entry *sv_ring_at(struct sv_wr_ring *r, uint64_t i)
 {
 	return (struct sv_ring_entry *)(r->entries + (size_t)(i & (r->capacity - 1)) * r->entry_size);
 }
+/* A send entry's SGEs; a receive entry's (they follow its wr.recv). */
 static inline struct ibv_sge *sv_ring_sges(struct sv_ring_entry *e) { return (struct ibv_sge *)(e + 1); }
+static inline struct ibv_sge *sv_ring_recv_sges(struct sv_ring_entry *e)
+{
+	return (struct ibv_sge *)((unsigned char *)e + SV_RECV_ENTRY_SIZE);
+}
+/* The work request an entry holds (what the replay hands to the provider). */
+static inline struct ibv_send_wr *sv_ring_send_wr(struct sv_ring_entry *e) { return &e->wr.send; }
+static inline struct ibv_recv_wr *sv_ring_recv_wr(struct sv_ring_entry *e) { return &e->wr.recv; }
 static inline uint64_t sv_ring_head(struct sv_wr_ring *r) { return atomic_load_explicit(&r->head, memory_order_acquire); }
 static inline uint64_t sv_ring_tail(struct sv_wr_ring *r) { return atomic_load_explicit(&r->tail, memory_order_acquire); }
 
