@@ -123,6 +123,30 @@ extension LabTests {
         }
     }
 
+    /// perftest's bandwidth programs across two guests through a loss of the client guest's device
+    /// (a deletion, a NIC swap, a NIC swap): 128 requests outstanding (their TX depth), a completion
+    /// asked for every 100th (--cq-mod: the others unsignaled, retired with the next signaled
+    /// one), ib_send_bw's server replenishing its receives as they complete, ib_read_bw's 128 RDMA
+    /// reads in flight. 4 KB messages. On 2026-12-03 (this kind of machine) 60 000 iterations
+    /// took 39–47 s through a NIC swap, ib_write_bw's 100 000 55 s through a deletion.
+    /// `-F`: perftest calibrates its clock against the guest's before its report, and under TCG
+    /// that sometimes fails ("Correlation coefficient r^2: 0.886 < 0.9", natively too); without
+    /// -F a bandwidth program then exits 1 ("Can't produce a report") whatever its transfers did.
+    /// ib_read_bw through the planned path passed 10 runs in 11 on 2026-12-03; in the other, after
+    /// all 60 000 reads and the client's report, perftest's closing handshake over its TCP socket
+    /// failed on both sides ("ethernet_read_keys: Couldn't read remote address"; the shims logged
+    /// nothing wrong; 5 runs under strace did not repeat it). Until that is understood CI takes
+    /// ib_read_bw through a NIC swap; the planned path is proven with every program above.
+    @Test("peer protocol: perftest's bandwidth programs (ib_write_bw, ib_send_bw, ib_read_bw) across two guests through a deletion and NIC swaps",
+          .enabled(if: Lab.shimAvailable, Comment(rawValue: Lab.shimReason)),
+          arguments: zip(["ib_write_bw", "ib_send_bw", "ib_read_bw"], ["delete", "nic", "nic"]))
+    func peerBandwidth(program: String, how: String) async throws {
+        let k = losses.map { min($0, 3) } ?? 1
+        let lines = try await twoGuest(program, iterations: 40_000 + 20_000 * k, losses: k, how: how,
+                                       environment: "PROG_ARGS='-s 4096 -F'")
+        #expect(lines.filter { $0.text.hasPrefix("peer-recovery: loss ") }.count == k, "\(program), \(how)")
+    }
+
     /// ibv_ud_pingpong across two guests while the client guest's NIC is replaced by one with
     /// another IP address, and later by one with its own address again: every GID of its device
     /// changes with each move. The server's shim must send its pongs to the new GID (the real
