@@ -17,7 +17,7 @@ enum LabLatencyChart {
             set ylabel "latency, µs"
             set yrange [0:*]
             set offsets 0, 0, graph 0.1, 0
-            set key top left
+            set key below horizontal
             set title "Median (perftest t_typical; median over \(rounds) rounds); labels: shim / native"
             plot $latency using 2:xtic(1) title "native" lc rgb "#7f7f7f", '' using 3 title "shim (LD_PRELOAD)" lc rgb "#4878b0", \\
                  '' using 0:($2 > $3 ? $2 : $3):(sprintf("%.3f", $3 / $2)) with labels offset 0,1 notitle
