@@ -160,8 +160,7 @@ extension Runtime {
                 let e = sv_ring_at(r, i)!
                 let w = e.pointee.wr.send
                 guard sv_opcode_consumes(w.opcode) != 0 else { continue }
-                var len: UInt32 = e.pointee.inline_len
-                if len == 0 { for k in 0..<Int(max(0, w.num_sge)) { len &+= sv_ring_sges(e)[k].length } }
+                let len = sv_ring_entry_length(e)
                 counts.messages[e.pointee.msgno] = MessageDescription(opcode: w.opcode.rawValue, length: len, imm: w.imm_data,
                                                                       hash: sentPayloadHash(e, r, q.context))
             }

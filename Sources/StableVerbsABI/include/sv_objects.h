@@ -185,7 +185,7 @@ static inline struct sv_ring_entry *sv_ring_at(struct sv_wr_ring *r, uint64_t i)
 {
 	return (struct sv_ring_entry *)(r->entries + (size_t)(i & (r->capacity - 1)) * r->entry_size);
 }
-/* A send entry's SGEs; a receive entry's (they follow its wr.recv). */
+/* A send entry's SGEs (they follow the whole union; a receive entry's: sv_ring_recv_sges). */
 static inline struct ibv_sge *sv_ring_sges(struct sv_ring_entry *e) { return (struct ibv_sge *)(e + 1); }
 static inline struct ibv_sge *sv_ring_recv_sges(struct sv_ring_entry *e)
 {
